@@ -1,0 +1,52 @@
+"""Every architecture by name: its builder, default widths, data set and input size."""
+from dataclasses import dataclass
+from typing import Callable
+
+from . import cifar_resnet, imagenet_resnet, vgg
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    build: Callable  # build(deps, num_classes) -> nn.Module
+    default_deps: Callable  # () -> list[int]
+    deps_names: Callable  # () -> list[str], the conv of each deps entry
+    dataset: str  # "cifar10" or "imagenet"
+    num_classes: int
+    input_size: int  # the resolution the FLOPs and the papers refer to
+
+
+def _cifar(depth):
+    return ArchSpec(
+        f"src{depth}", lambda deps, nc: cifar_resnet.CifarResNet(depth, deps, nc),
+        lambda: cifar_resnet.default_deps(depth), lambda: cifar_resnet.deps_names(depth), "cifar10", 10, 32)
+
+
+def _imagenet(depth):
+    return ArchSpec(
+        f"sres{depth}", lambda deps, nc: imagenet_resnet.ImageNetResNet(depth, deps, nc),
+        lambda: imagenet_resnet.default_deps(depth), lambda: imagenet_resnet.deps_names(depth),
+        "imagenet", 1000, 224)
+
+
+ARCHS = {spec.name: spec for spec in (
+    *(_cifar(d) for d in (20, 32, 56, 110)),
+    *(_imagenet(d) for d in (18, 34, 50, 101, 152)),
+    ArchSpec("vc", lambda deps, nc: vgg.VCNet(deps, nc), vgg.default_deps, vgg.deps_names, "cifar10", 10, 32),
+)}
+
+
+def get_arch(arch):
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    return ARCHS[arch]
+
+
+def build_model(arch, deps=None, num_classes=None):
+    """Build `arch` with the given conv widths (default: the paper's) and number of classes."""
+    spec = get_arch(arch)
+    return spec.build(deps, spec.num_classes if num_classes is None else num_classes)
+
+
+def default_deps(arch):
+    return get_arch(arch).default_deps()

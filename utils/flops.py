@@ -1,0 +1,93 @@
+"""MACs (what the papers call FLOPs) and parameter counts, for any arch and deps, from the channel graph.
+
+A conv costs Cin*Cout*kh*kw*Hout*Wout MACs and a linear In*Out; BN, ReLU, pooling, adds and biases
+cost nothing, as in the papers. Both counts are bilinear in the group widths, so the cost of any
+width vector is a sum over the graph's layers, and the change from one channel is cheap.
+
+Unlike the original ResNet-56 script, which counts the two 1x1 projections as 2x2 kernels
+(126,534,272 base MACs), we count them as 1x1: 125,747,840.
+
+    python -m utils.flops -a src56 [--deps 16,16,...] [--json]
+"""
+import argparse
+import json
+import sys
+
+import torch
+
+from .channel_graph import arch_graph
+
+
+def _widths(layer, widths):
+    """(inputs per output, outputs): a conv reads Cin*kh*kw values per output, a linear Cin*block."""
+    cin = layer.in_fixed if layer.in_group is None else widths[layer.in_group]
+    cout = layer.out_fixed if layer.out_group is None else widths[layer.out_group]
+    return cin * layer.kernel, cout
+
+
+def layer_macs(layer, widths):
+    cin, cout = _widths(layer, widths)
+    return cin * cout * layer.spatial
+
+
+def layer_params(layer, widths):
+    cin, cout = _widths(layer, widths)
+    return cin * cout + (cout if layer.bias else 0) + (2 * cout if layer.bn else 0)
+
+
+def count(graph, deps):
+    """(MACs, params) of the model whose conv widths are `deps`."""
+    widths = graph.widths(deps)
+    return (sum(layer_macs(lc, widths) for lc in graph.layers),
+            sum(layer_params(lc, widths) for lc in graph.layers))
+
+
+def macs_per_channel(graph, widths):
+    """Group id -> MACs saved by removing one channel of that group (at the given widths)."""
+    saved = {g.id: 0 for g in graph.groups}
+    for lc in graph.layers:
+        cin, cout = _widths(lc, widths)
+        if lc.in_group is not None:
+            saved[lc.in_group] += lc.kernel * cout * lc.spatial
+        if lc.out_group is not None:
+            saved[lc.out_group] += cin * lc.spatial
+    return saved
+
+
+def arch_cost(arch, deps=None):
+    """Summary dict for an arch and deps (default deps when None)."""
+    from base_model import build_model, default_deps, get_arch
+
+    deps = list(default_deps(arch) if deps is None else deps)
+    get_arch(arch)  # a clear error for an unknown name
+    with torch.device("meta"):
+        build_model(arch, deps)  # a clear error for bad deps
+    base_macs, base_params = count(arch_graph(arch), default_deps(arch))
+    macs, params = count(arch_graph(arch), deps)
+    return {"arch": arch, "deps": deps, "macs": macs, "params": params,
+            "macs_ratio": macs / base_macs, "params_ratio": params / base_params}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-a", "--arch", required=True)
+    p.add_argument("--deps", help="comma-separated conv widths (default: the arch's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    try:
+        deps = None if args.deps is None else [int(x) for x in args.deps.split(",")]
+        info = arch_cost(args.arch, deps)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"{info['arch']}: {info['macs']:,} MACs ({info['macs_ratio']:.2%} of base), "
+              f"{info['params']:,} params ({info['params_ratio']:.2%} of base)")
+        print(f"deps: {info['deps']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

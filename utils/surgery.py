@@ -1,0 +1,165 @@
+"""The one surgery module: turn a state dict into a physically narrower one, group by group.
+
+A decision for a channel group lists its output channels as clusters: output i of the narrow group
+is the mean of cluster i's filters (a singleton cluster keeps a channel, so pruning is the special
+case), and each consumer's input slices are summed over the cluster. Exact when every cluster's
+filters are identical, which is what C-SGD trains towards and what pruning trivially satisfies.
+
+A decision may also carry compactors (ResRep): a 1x1 conv Q after a producer's conv+BN is folded
+first (BN fused into the conv, then K <- Q K, b <- Q b), and the bias is kept in an identity-like BN,
+so the result stays in conv+BN form and loads into `build_model(arch, deps)`.
+
+`fuse_bn_state` / `fuse_bn` fold every BN into its conv for deployment.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+class SurgeryError(ValueError):
+    """A decision that does not fit its channel group."""
+
+
+@dataclass
+class Decision:
+    clusters: list  # list of lists of channel indices; one narrow channel per cluster
+    compactors: dict | None = None  # producer conv path -> compactor matrix Q (width x width)
+
+
+def keep(indices):
+    """Keep these channels (in this order), drop the rest."""
+    return Decision([[int(i)] for i in indices])
+
+
+def merge(clusters):
+    """One channel per cluster: the members' mean filter; consumers sum the members' inputs."""
+    return Decision([[int(i) for i in c] for c in clusters])
+
+
+def fold(compactors, kept):
+    """Fold each producer's compactor into its conv, then keep the rows `kept`."""
+    return Decision([[int(i)] for i in kept], dict(compactors))
+
+
+def _check(decision, group):
+    seen, width = set(), group.width
+    if not decision.clusters:
+        raise SurgeryError(f"group {group.id} ({group.producers[0].conv}): a decision must keep at least one channel")
+    for c in decision.clusters:
+        if not c:
+            raise SurgeryError(f"group {group.id} ({group.producers[0].conv}): empty cluster")
+        for i in c:
+            if not 0 <= i < width:
+                raise SurgeryError(f"group {group.id} ({group.producers[0].conv}): channel {i} out of range 0..{width - 1}")
+            if i in seen:
+                raise SurgeryError(f"group {group.id} ({group.producers[0].conv}): channel {i} appears twice")
+            seen.add(i)
+    if decision.compactors is not None:
+        names = {p.conv for p in group.producers}
+        if set(decision.compactors) != names:
+            raise SurgeryError(f"group {group.id}: compactors given for {sorted(decision.compactors)} "
+                               f"but the group's convs are {sorted(names)}")
+        for name, q in decision.compactors.items():
+            if tuple(q.shape[:2]) != (width, width):
+                raise SurgeryError(f"compactor of {name} has shape {tuple(q.shape)}, expected ({width}, {width})")
+
+
+def _cluster_matrices(clusters, width):
+    """Mean matrix A and sum matrix S, both (len(clusters), width), float64."""
+    a = torch.zeros(len(clusters), width, dtype=torch.float64)
+    s = torch.zeros_like(a)
+    for k, c in enumerate(clusters):
+        s[k, c] = 1.0
+        a[k, c] = 1.0 / len(c)
+    return a, s
+
+
+def _mix_rows(m, t):
+    return (m @ t.double().reshape(t.shape[0], -1)).reshape(m.shape[0], *t.shape[1:]).to(t.dtype)
+
+
+def _mix_inputs(s, w, block):
+    out, cols = w.shape[0], w.shape[1]
+    w3 = w.double().reshape(out, cols // block, block, -1) if w.dim() == 2 else w.double().unsqueeze(2)
+    mixed = torch.einsum("ocb...,kc->okb...", w3, s)
+    return (mixed.reshape(out, -1) if w.dim() == 2 else mixed.squeeze(2)).to(w.dtype)
+
+
+def fused_conv_bn(state, conv, bn, eps):
+    """(kernel, bias) of conv followed by BN in eval mode, in float64."""
+    k = state[f"{conv}.weight"].double()
+    b = state.get(f"{conv}.bias")
+    b = torch.zeros(k.shape[0], dtype=torch.float64) if b is None else b.double()
+    gamma, beta, mean, var = (state[f"{bn}.{key}"].double() for key in BN_KEYS)
+    t = gamma / torch.sqrt(var + eps)
+    return k * t.reshape(-1, 1, 1, 1), beta + (b - mean) * t
+
+
+def _fold_compactor(state, producer, q):
+    if producer.bn is None:
+        raise SurgeryError(f"cannot fold a compactor into {producer.conv}: it has no BatchNorm")
+    k, b = fused_conv_bn(state, producer.conv, producer.bn, producer.bn_eps)
+    q = q.double().reshape(q.shape[0], q.shape[1])
+    dtype = state[f"{producer.conv}.weight"].dtype
+    state[f"{producer.conv}.weight"] = (q @ k.reshape(k.shape[0], -1)).reshape(k.shape).to(dtype)
+    state.pop(f"{producer.conv}.bias", None)
+    # An identity-like BN carries the folded bias, so the narrow net keeps the base conv+BN form.
+    n = q.shape[0]
+    state[f"{producer.bn}.weight"] = torch.ones(n, dtype=dtype)
+    state[f"{producer.bn}.bias"] = (q @ b).to(dtype)
+    state[f"{producer.bn}.running_mean"] = torch.zeros(n, dtype=dtype)
+    state[f"{producer.bn}.running_var"] = torch.full((n,), 1.0 - producer.bn_eps, dtype=dtype)
+
+
+def narrow(state, graph, decisions):
+    """Apply {group id: Decision} to a state dict; return (narrow state dict, deps)."""
+    out = dict(state)
+    for gid, decision in decisions.items():
+        group = graph.groups[gid]
+        _check(decision, group)
+        if decision.compactors is not None:
+            for p in group.producers:
+                _fold_compactor(out, p, decision.compactors[p.conv])
+        a, s = _cluster_matrices(decision.clusters, group.width)
+        for p in group.producers:
+            names = [f"{p.conv}.weight", f"{p.conv}.bias"] + ([f"{p.bn}.{k}" for k in BN_KEYS] if p.bn else [])
+            for name in names:
+                if name in out:
+                    out[name] = _mix_rows(a, out[name])
+        for c in group.consumers:
+            out[f"{c.module}.weight"] = _mix_inputs(s, out[f"{c.module}.weight"], c.block)
+    deps = [int(out[f"{conv}.weight"].shape[0]) for conv in graph.convs]
+    return out, deps
+
+
+def fuse_bn_state(state, graph):
+    """Every conv+BN as a conv with bias (the deploy form): BN entries removed."""
+    out = dict(state)
+    for group in graph.groups:
+        for p in group.producers:
+            if p.bn is None:
+                continue
+            k, b = fused_conv_bn(out, p.conv, p.bn, p.bn_eps)
+            dtype = out[f"{p.conv}.weight"].dtype
+            out[f"{p.conv}.weight"], out[f"{p.conv}.bias"] = k.to(dtype), b.to(dtype)
+            for key in (*BN_KEYS, "num_batches_tracked"):
+                out.pop(f"{p.bn}.{key}", None)
+    return out
+
+
+def fuse_bn(model, graph):
+    """Fuse BN into conv in place (BN modules become Identity); the model is then eval-only."""
+    state = fuse_bn_state({k: v.detach() for k, v in model.state_dict().items()}, graph)
+    for group in graph.groups:
+        for p in group.producers:
+            if p.bn is None:
+                continue
+            conv = model.get_submodule(p.conv)
+            conv.weight = nn.Parameter(state[f"{p.conv}.weight"])
+            conv.bias = nn.Parameter(state[f"{p.conv}.bias"])
+            parent, _, child = p.bn.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+    return model.eval()

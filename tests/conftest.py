@@ -1,0 +1,47 @@
+import torch
+from torch import nn
+
+from base_model import build_model
+
+# Small inputs keep the ImageNet nets fast on CPU; global pooling is adaptive.
+TEST_INPUT = {"src56": 32, "src20": 32, "sres18": 64, "sres50": 64, "vc": 32}
+
+
+def randomize_bn(model, size, seed=0):
+    """Non-trivial BN statistics and affines, so BN is not the identity in eval mode.
+
+    Running statistics come from one batch of noise, so activations stay O(1) through deep nets
+    and the logits are of a trained net's scale; affines are random.
+    """
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, size, size, generator=g))
+        for m in bns:
+            m.momentum = 0.1
+            m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model.eval()
+
+
+def random_model(arch, deps=None, seed=0):
+    torch.manual_seed(seed)
+    return randomize_bn(build_model(arch, deps), TEST_INPUT[arch], seed)
+
+
+def example_input(arch, batch=2, seed=1):
+    s = TEST_INPUT[arch]
+    return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def random_deps(graph, rng, low=0.3):
+    """Random valid widths: every group gets one width, shared by all its producers."""
+    deps = [0] * len(graph.convs)
+    for g in graph.groups:
+        w = rng.randint(max(1, int(g.width * low)), g.width)
+        for p in g.producers:
+            deps[p.index] = w
+    return deps

@@ -1,0 +1,83 @@
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from base_model import ARCHS, build_model, default_deps, get_arch
+from conftest import random_deps
+from utils.channel_graph import arch_graph
+from utils.flops import count, macs_per_channel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def counted_by_torch(arch, deps):
+    """MACs by torch.utils.flop_counter (which counts 2 FLOPs per MAC), and the parameter count."""
+    size = get_arch(arch).input_size
+    with torch.device("meta"):
+        model = build_model(arch, deps)
+        x = torch.empty(1, 3, size, size)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
+
+
+def test_base_values_from_the_papers():
+    assert count(arch_graph("src56"), default_deps("src56")) == (125_747_840, 855_770)
+    assert count(arch_graph("sres50"), default_deps("sres50")) == (4_089_184_256, 25_557_032)
+    assert count(arch_graph("vc"), default_deps("vc"))[0] == 313_463_808
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_agrees_with_torch_flop_counter(arch):
+    graph = arch_graph(arch)
+    rng = random.Random(arch)
+    for deps in (default_deps(arch), random_deps(graph, rng)):
+        assert count(graph, deps) == counted_by_torch(arch, deps)
+
+
+@pytest.mark.parametrize("arch", ["src56", "sres50", "vc"])
+def test_macs_per_channel_is_the_exact_saving(arch):
+    graph = arch_graph(arch)
+    deps = random_deps(graph, random.Random(5), low=0.5)
+    widths = graph.widths(deps)
+    saved = macs_per_channel(graph, widths)
+    macs = count(graph, deps)[0]
+    for g in graph.groups:
+        if widths[g.id] < 2:
+            continue
+        smaller = list(deps)
+        for p in g.producers:
+            smaller[p.index] -= 1
+        assert macs - count(graph, smaller)[0] == saved[g.id]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "utils.flops", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_cli_json():
+    out = run_cli("-a", "src56", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert (info["arch"], info["macs"], info["params"]) == ("src56", 125_747_840, 855_770)
+    assert info["deps"] == default_deps("src56")
+    deps = default_deps("vc")
+    deps[0] = 32
+    info = json.loads(run_cli("-a", "vc", "--deps", ",".join(map(str, deps)), "--json").stdout)
+    assert info["macs"] == 313_463_808 - 32 * 3 * 9 * 1024 - 32 * 64 * 9 * 1024
+
+
+def test_cli_bad_input():
+    out = run_cli("-a", "src56", "--deps", "16,16")
+    assert out.returncode == 2 and "deps has 2 entries but must have 57" in out.stderr
+    out = run_cli("-a", "nope")
+    assert out.returncode == 2 and "unknown arch 'nope'" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = run_cli("-a", "src56", "--deps", "16,x")
+    assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -6,6 +6,7 @@ half-written file under the final name. Loading checks every name and shape.
 """
 import json
 import os
+import sys
 import tempfile
 import time
 
@@ -49,9 +50,16 @@ def strip_prefix(state):
     return out
 
 
+def provenance():
+    """What made a file: the command line, the time and the library versions."""
+    return {"command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]), "torch": torch.__version__,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
 def save_hdf5(path, state, deps=None, arch=None, **attrs):
     """Write a state dict (tensors or arrays) to `path` atomically; extra attrs are stored as JSON."""
     state = strip_prefix(state)
+    attrs = {"provenance": provenance(), **attrs}
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
@@ -63,7 +71,6 @@ def save_hdf5(path, state, deps=None, arch=None, **attrs):
                 f.create_dataset(DEPS_KEY, data=np.asarray(deps, dtype=np.int64))
             if arch is not None:
                 f.attrs["arch"] = arch
-            f.attrs["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             for k, v in attrs.items():
                 f.attrs[k] = json.dumps(v)
 

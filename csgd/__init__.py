@@ -1,0 +1,1 @@
+"""Centripetal SGD: filter clustering, the centripetal update, merging (see ../shared/specs/csgd.md)."""

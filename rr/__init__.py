@@ -1,0 +1,1 @@
+"""ResRep: compactors, gradient resetting, mask selection, conversion (see ../shared/specs/resrep.md)."""

@@ -1,0 +1,1 @@
+"""SFP: soft filter zeroing every epoch (see ../shared/specs/aofp_sfp.md, part B)."""

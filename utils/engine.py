@@ -1,0 +1,325 @@
+"""The one training engine: train_base_model.py and all four methods run through `Trainer.fit`.
+
+Methods attach `Hook`s instead of copying the loop:
+  before_step(trainer, images, labels)  AOFP: masks and the ablated pass
+  after_backward(trainer)                ResRep, C-SGD: rewrite gradients (after DDP's all-reduce)
+  after_step(trainer)                    ResRep: mask updates; AOFP: the search
+  on_epoch_end(trainer, epoch)           SFP: zeroing
+  on_end(trainer)                        every method: conversion
+and keep their state in `state_dict()`, which the resume checkpoint carries.
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .dist import all_reduce_sum
+from .runlog import RunLog, progress
+from .store import atomic_write
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 240
+    batch_size: int = 64  # global, over all ranks
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4  # on conv and linear weights
+    bn_weight_decay: float = 0.0  # on BN weights and all biases
+    bias_lr_factor: float = 2.0  # biases learn 2x faster, as the original repos
+    schedule: str = "multistep"  # "multistep" or "cosine" (to 0 at the last step)
+    milestones: tuple = (120, 180)  # epochs where the multistep lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    warmup: str = "linear"  # "linear" from warmup_factor*lr, or "constant" at warmup_factor*lr
+    warmup_factor: float = 1.0 / 3
+    label_smoothing: float = 0.0
+    amp: bool = False  # bf16 autocast (CUDA only)
+    channels_last: bool = True  # CUDA only
+    sync_bn: bool = False  # CUDA only
+    eval_every: int = 5  # epochs; and every one of the last `eval_last`
+    eval_last: int = 10
+    ckpt_every: int = 500  # steps; and at every epoch end
+    log_every: int = 20  # steps between progress updates (each one syncs with the device)
+    max_steps: int | None = None  # stop early (smoke runs); the schedule still spans `epochs`
+    seed: int = 0
+    deterministic: bool = False
+    output: str = "run"
+    extra: dict = field(default_factory=dict)  # the script's own settings, recorded in config.json
+
+
+# Settings that may change between a run and its resumption without changing its result.
+RESUMABLE_CHANGES = {"eval_every", "eval_last", "ckpt_every", "log_every", "max_steps", "extra"}
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Hook:
+    def on_start(self, trainer): pass
+    def before_step(self, trainer, images, labels): pass
+    def after_backward(self, trainer): pass
+    def after_step(self, trainer): pass
+    def on_epoch_end(self, trainer, epoch): pass
+    def on_end(self, trainer): pass
+    def state_dict(self): return {}
+    def load_state_dict(self, state): pass
+
+
+def param_groups(model, cfg, rule=None):
+    """SGD parameter groups: weight decay on weights only, `bias_lr_factor` on biases; `rule(name,
+    param, module)` may return overrides (lr_factor, weight_decay, momentum, nesterov) for any tensor."""
+    groups = {}
+    for mname, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            name = f"{mname}.{pname}" if mname else pname
+            is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            s = {"lr_factor": cfg.bias_lr_factor if pname == "bias" else 1.0,
+                 "weight_decay": cfg.bn_weight_decay if (is_bn or pname == "bias") else cfg.weight_decay,
+                 "momentum": cfg.momentum, "nesterov": cfg.nesterov}
+            if rule is not None:
+                s.update(rule(name, p, module) or {})
+            key = tuple(sorted(s.items()))
+            groups.setdefault(key, {"params": [], "names": [], **s})
+            groups[key]["params"].append(p)
+            groups[key]["names"].append(name)
+    out = []
+    for g in groups.values():
+        g["lr"] = cfg.lr * g["lr_factor"]
+        g["nesterov"] = bool(g["nesterov"] and g["momentum"] > 0)
+        out.append(g)
+    return out
+
+
+def lr_factor(cfg, steps_per_epoch):
+    """The learning-rate multiplier as a function of the global step."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    milestones = [m * steps_per_epoch for m in cfg.milestones]
+
+    def f(step):
+        if step < warm:
+            if cfg.warmup == "constant":
+                return cfg.warmup_factor
+            return cfg.warmup_factor + (1 - cfg.warmup_factor) * step / warm
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        return cfg.gamma ** sum(step >= m for m in milestones)
+
+    if cfg.schedule not in ("multistep", "cosine"):
+        raise ValueError(f"unknown schedule {cfg.schedule!r}: use multistep or cosine")
+    return f
+
+
+def evaluate(model, loader, device, amp=False):
+    """Top-1, top-5 and loss over the whole validation set, summed over ranks (each sample once)."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    with torch.no_grad(), _autocast(device, amp):
+        for images, labels in loader.batches():
+            logits = model(images).float()
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hit = top5 == labels[:, None]
+            sums += torch.stack([nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
+                                 hit[:, 0].sum().double(), hit.any(1).sum().double(),
+                                 torch.tensor(float(labels.numel()), device=device, dtype=torch.float64)])
+    all_reduce_sum(sums)
+    loss, top1, top5, n = sums.tolist()
+    return {"top1": 100 * top1 / n, "top5": 100 * top5 / n, "loss": loss / n, "samples": int(n)}
+
+
+def _autocast(device, amp):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+class Trainer:
+    """One run: model, optimizer, schedule, hooks, logs and the resume checkpoint under `cfg.output`."""
+
+    def __init__(self, cfg, model, train_loader, val_loader, ctx, hooks=(), param_rule=None):
+        self.cfg, self.ctx, self.hooks = cfg, ctx, list(hooks)
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.device = ctx.device
+        self.log = RunLog(cfg.output, enabled=ctx.is_main)
+        cuda = self.device.type == "cuda"
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        elif cuda:
+            torch.backends.cudnn.benchmark = True
+        if cfg.amp and not cuda:
+            self.log.log("note: --amp (bf16 autocast) applies on CUDA only; training in fp32")
+        if cfg.sync_bn:
+            if not (cuda and ctx.distributed):
+                raise ValueError("--sync-bn needs several CUDA processes (torchrun on GPUs)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.channels_last = cfg.channels_last and cuda
+        model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.model = model  # the plain module: hooks and evaluation use it
+        self.ddp_model = DistributedDataParallel(model, device_ids=[self.device] if cuda else None) \
+            if ctx.distributed else model
+        self.steps_per_epoch = len(train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training set gives no full batch of {cfg.batch_size} on each of "
+                             f"{ctx.world_size} rank(s); lower --batch-size")
+        self.param_rule = param_rule
+        self.optimizer = torch.optim.SGD(param_groups(model, cfg, param_rule), lr=cfg.lr, momentum=cfg.momentum)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.step = 0
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.checkpoint_path = os.path.join(cfg.output, "checkpoint.pth")
+        self.metrics = {}
+
+    # --- checkpointing -------------------------------------------------------------------------
+    def config_dict(self):
+        return dataclasses.asdict(self.cfg)
+
+    def save_checkpoint(self):
+        if not self.ctx.is_main:
+            return
+        save_checkpoint(self.checkpoint_path, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "step": self.step,
+            "hooks": [h.state_dict() for h in self.hooks], "rng": rng_state(), "config": self.config_dict(),
+            "metrics": self.metrics})
+
+    def try_resume(self):
+        if not os.path.exists(self.checkpoint_path):
+            return False
+        ckpt = load_checkpoint(self.checkpoint_path)
+        old, new = ckpt.get("config", {}), self.config_dict()
+        changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]
+                   and not (isinstance(new[k], tuple) and tuple(old.get(k, ())) == new[k])]
+        if changed:
+            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+            raise CheckpointError(f"{self.checkpoint_path} belongs to a run with other settings ({diffs}); "
+                                  "re-run with the same settings, or choose another --output")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step, self.metrics = ckpt["step"], ckpt.get("metrics", {})
+        for hook, state in zip(self.hooks, ckpt["hooks"]):
+            hook.load_state_dict(state)
+        set_rng_state(ckpt["rng"])
+        self.log.log(f"resumed from {self.checkpoint_path} at step {self.step} of {self.total_steps}"
+                     + (" (training had finished)" if self.step >= self.total_steps else ""))
+        return True
+
+    # --- the loop ------------------------------------------------------------------------------
+    def fit(self):
+        """Train (resuming when a checkpoint is there), evaluate, run the end hooks; return metrics."""
+        cfg = self.cfg
+        if self.ctx.is_main:
+            atomic_write(os.path.join(cfg.output, "config.json"),
+                         lambda tmp: open(tmp, "w").write(json.dumps(self.config_dict(), indent=2, default=str)))
+        resumed = self.try_resume()
+        for h in self.hooks:
+            h.on_start(self)
+        if not resumed:
+            self.log.log(f"training {cfg.epochs} epochs x {self.steps_per_epoch} steps, global batch "
+                         f"{cfg.batch_size} on {self.ctx.world_size} process(es), device {self.device}")
+        while self.step < self.total_steps:
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            self.train_one_epoch(epoch, start)
+            if self.step % self.steps_per_epoch == 0:
+                for h in self.hooks:
+                    h.on_epoch_end(self, epoch)
+                if self._should_eval(epoch) and self.step < self.total_steps:
+                    self.metrics = self.evaluate()
+                    self.log.log(f"epoch {epoch + 1}/{cfg.epochs}: top1 {self.metrics['top1']:.2f} "
+                                 f"top5 {self.metrics['top5']:.2f} loss {self.metrics['loss']:.4f}")
+                    self.log.scalars(self.step, **{f"val/{k}": v for k, v in self.metrics.items()})
+            self.save_checkpoint()
+        self.metrics = self.evaluate()
+        self.log.scalars(self.step, **{f"val/{k}": v for k, v in self.metrics.items()})
+        self.log.log(f"final (step {self.step}): top1 {self.metrics['top1']:.2f} top5 {self.metrics['top5']:.2f} "
+                     f"loss {self.metrics['loss']:.4f} on {self.metrics['samples']} images")
+        for h in self.hooks:
+            h.on_end(self)
+        self.log.close()
+        return self.metrics
+
+    def _should_eval(self, epoch):
+        cfg = self.cfg
+        return (epoch + 1) % cfg.eval_every == 0 or epoch >= cfg.epochs - cfg.eval_last
+
+    def evaluate(self):
+        return evaluate(self.model, self.val_loader, self.device, self.cfg.amp)
+
+    def train_one_epoch(self, epoch, start=0):
+        cfg, loader = self.cfg, self.train_loader
+        self.ddp_model.train()
+        loader.set_epoch(epoch)
+        stop = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, count since last log
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        tick, seen = time.perf_counter(), 0
+        bar = progress(loader.batches(start), stop - start, f"epoch {epoch + 1}/{cfg.epochs}", self.ctx.is_main)
+        for i, (images, labels) in enumerate(bar, start=start):
+            if i >= stop:
+                break
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            for h in self.hooks:
+                h.before_step(self, images, labels)
+            with _autocast(self.device, cfg.amp):
+                logits = self.ddp_model(images)
+                loss = self.criterion(logits.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for h in self.hooks:
+                h.after_backward(self)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            for h in self.hooks:
+                h.after_step(self)
+            with torch.no_grad():
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                        torch.full_like(first_bad, self.step), first_bad)
+                sums += torch.stack([loss.detach().double() * labels.numel(),
+                                     (logits.argmax(1) == labels).sum().double(),
+                                     torch.tensor(float(labels.numel()), device=self.device, dtype=torch.float64)])
+            seen += labels.numel()
+            last = i + 1 == stop
+            if self.step % cfg.log_every == 0 or last or self.step % cfg.ckpt_every == 0:
+                self._check_finite(first_bad)
+                loss_avg, correct, n = sums.tolist()
+                rate = seen * self.ctx.world_size / (time.perf_counter() - tick)
+                lr = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0]["lr_factor"]
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{loss_avg / n:.3f}", acc=f"{100 * correct / n:.1f}", lr=f"{lr:.4g}",
+                                    img_s=f"{rate:.0f}")
+                self.log.scalars(self.step, **{"train/loss": loss_avg / n, "train/acc": 100 * correct / n,
+                                               "train/lr": lr, "train/img_per_s": rate})
+                if last:
+                    self.log.log(f"epoch {epoch + 1}/{cfg.epochs} step {self.step}: train loss {loss_avg / n:.4f} "
+                                 f"acc {100 * correct / n:.2f} lr {lr:.4g} {rate:.0f} img/s")
+                sums.zero_()
+                tick, seen = time.perf_counter(), 0
+                if self.step % cfg.ckpt_every == 0 and not last:
+                    self.save_checkpoint()
+        if hasattr(bar, "close"):
+            bar.close()
+
+    def _check_finite(self, first_bad):
+        bad = int(first_bad)
+        if bad >= 0:
+            msg = (f"the loss became NaN or inf at step {bad} (epoch {(bad - 1) // self.steps_per_epoch + 1}); "
+                   f"stopped without saving. The last good checkpoint, {self.checkpoint_path}, is kept: "
+                   "lower --lr or check the data, then re-run")
+            self.log.log(msg)
+            raise NonFiniteLossError(msg)

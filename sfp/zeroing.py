@@ -1,0 +1,154 @@
+"""SFP's soft zeroing: rank each group's filters by L2 norm and set the weakest to zero, every few epochs.
+
+Nothing is frozen: zeroed filters keep their optimizer momentum, so they move off zero on the next
+step and may win their place back at the next zeroing (the set is re-chosen from the current norms).
+
+Differences from he-y/soft-filter-pruning (see ../shared/specs/aofp_sfp.md, part B):
+- Filters are ranked per channel *group*, not per conv. A residual-tied group (every conv feeding one
+  residual sum) is ranked once, by the summed L2 norms of its convs, and the same channels are zeroed
+  in all of them, so the small model is truly narrower. The original zeroes every conv on its own
+  and can only narrow the residual stream with scatter-add blocks.
+- By default (`bn="end"`) training is the original's: only conv weights are zeroed, so a zeroed
+  channel still outputs its BN bias, gets gradient and may regrow (soft). At the final zeroing the
+  BN weight and bias of the zeroed channels are zeroed too, so the reported accuracy is that of a
+  model exactly equal to the small one. `bn="always"` zeroes BN at every zeroing: exact all along,
+  but an exactly-0 channel before a ReLU gets no gradient (ReLU'(0) = 0) and a zero BN weight passes
+  none to its conv, so zeroed filters move only by momentum and the pruning turns hard in practice.
+  `bn="never"` (`--faithful`) is the original throughout: the small model drops the BN constants of
+  the zeroed channels and differs, and both accuracies are reported.
+- Layers are chosen by graph role (internal, residual, stem, fanout), never by parameter index.
+"""
+import torch
+
+from utils.dist import broadcast_object
+from utils.engine import Hook
+
+PRUNABLE_ROLES = ("internal", "residual", "stem", "fanout")  # "output" groups feed the logits directly
+BN_MODES = ("always", "end", "never")  # when the BN weight and bias of zeroed channels are zeroed too
+
+
+def select_groups(graph, groups="all"):
+    """The channel groups to prune: "all" prunable groups, or a comma list of roles (e.g. "internal")."""
+    if groups == "all":
+        roles = PRUNABLE_ROLES
+    else:
+        roles = tuple(r.strip() for r in str(groups).split(",") if r.strip())
+        bad = [r for r in roles if r not in PRUNABLE_ROLES]
+        if bad or not roles:
+            raise ValueError(f"--groups {groups!r}: use 'all' or a comma list of roles from "
+                             f"{', '.join(PRUNABLE_ROLES)} (e.g. 'internal')")
+    return [g for g in graph.groups if g.role in roles]
+
+
+def check_rate(rate):
+    if not 0 < rate <= 1:
+        raise ValueError(f"--rate {rate}: it is the keep ratio (0.7 keeps 70 % of each group's filters), "
+                         "so it must be in (0, 1]")
+    return rate
+
+
+def num_pruned(width, rate):
+    """int(N * (1 - rate)), floored as the original; never every channel, since rate > 0."""
+    return int(width * (1 - rate))
+
+
+@torch.no_grad()
+def filter_norms(model, group):
+    """Per output channel: the sum over the group's convs of each filter's L2 norm (float64)."""
+    total = torch.zeros(group.width, dtype=torch.float64)
+    for p in group.producers:
+        w = model.get_submodule(p.conv).weight
+        total += w.detach().reshape(w.shape[0], -1).double().norm(dim=1).cpu()
+    return total
+
+
+def choose(model, groups, rate):
+    """{group id: sorted channels to zero}: the int(N*(1-rate)) lowest summed norms (ties: lower index)."""
+    out = {}
+    for g in groups:
+        n = num_pruned(g.width, rate)
+        order = torch.argsort(filter_norms(model, g), stable=True)
+        out[g.id] = sorted(order[:n].tolist())
+    return out
+
+
+@torch.no_grad()
+def zero_filters(model, groups, pruned, zero_bn=True, optimizer=None):
+    """Zero the chosen output channels of every conv in each group (and their BN weight and bias when
+    `zero_bn`). With an `optimizer`, also zero their momentum: the filters then stay at zero unless
+    a gradient reaches them (a hard variant, off by default)."""
+    for g in groups:
+        idx = pruned.get(g.id, [])
+        if not idx:
+            continue
+        for p in g.producers:
+            conv = model.get_submodule(p.conv)
+            params = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
+            if zero_bn and p.bn is not None:
+                bn = model.get_submodule(p.bn)
+                params += [bn.weight, bn.bias]
+            for t in params:
+                rows = torch.as_tensor(idx, device=t.device)
+                t.index_fill_(0, rows, 0.0)
+                buf = optimizer.state.get(t, {}).get("momentum_buffer") if optimizer is not None else None
+                if buf is not None:
+                    buf.index_fill_(0, rows, 0.0)
+
+
+class SoftFilterZeroing(Hook):
+    """Zero at the start, after every `epoch_prune` epochs and at the end (the final zeroing is what the
+    small model is cut from). Choices are made on rank 0 and broadcast, so every rank zeroes the same."""
+
+    def __init__(self, graph, groups="all", rate=0.7, epoch_prune=1, bn="end", reset_momentum=False,
+                 zero_at_start=True):
+        if bn not in BN_MODES:
+            raise ValueError(f"--bn-zero {bn!r}: choose one of {', '.join(BN_MODES)}")
+        if epoch_prune < 1:
+            raise ValueError(f"--epoch-prune {epoch_prune}: must be at least 1 (epochs between zeroings)")
+        self.graph, self.groups = graph, select_groups(graph, groups)
+        self.rate, self.epoch_prune = check_rate(rate), epoch_prune
+        self.bn, self.reset_momentum, self.zero_at_start = bn, reset_momentum, zero_at_start
+        self.pruned = {}  # group id -> channels zeroed at the last zeroing
+        self.zeroed_step = None  # trainer step of the last zeroing
+        self.zeroings = 0
+
+    def apply(self, model, optimizer=None, log=print, when="", final=False):
+        """Choose (on rank 0), broadcast, zero; return {group id: zeroed channels}."""
+        pruned = broadcast_object(choose(model, self.groups, self.rate))
+        zero_bn = self.bn == "always" or (self.bn == "end" and final)
+        zero_filters(model, self.groups, pruned, zero_bn, optimizer if self.reset_momentum else None)
+        changed = sum(len(set(v) - set(self.pruned.get(k, ()))) for k, v in pruned.items()) if self.pruned else None
+        self.pruned, self.zeroings = pruned, self.zeroings + 1
+        total = sum(g.width for g in self.groups)
+        log(f"sfp zeroing {self.zeroings}{when}: {sum(map(len, pruned.values()))} of {total} channels in "
+            f"{len(self.groups)} groups" + ("" if changed is None else f"; {changed} not zeroed last time"))
+        return pruned
+
+    def _apply(self, trainer, when, final=False):
+        self.apply(trainer.model, trainer.optimizer, trainer.log.log, when, final)
+        self.zeroed_step = trainer.step
+
+    def on_start(self, trainer):
+        if trainer.step == 0 and self.zero_at_start and self.zeroed_step is None:
+            self._apply(trainer, " (start)")
+
+    def on_epoch_end(self, trainer, epoch):
+        last = trainer.step >= trainer.total_steps
+        if (epoch + 1) % self.epoch_prune == 0 or last:
+            self._apply(trainer, f" (after epoch {epoch + 1})")
+
+    def on_end(self, trainer):
+        # Runs after the last resume checkpoint, so BN zeroing in "end" mode never leaks into a resumed
+        # run. Training may also stop mid-epoch (--max-steps): zero once more. Then re-evaluate.
+        if self.zeroed_step != trainer.step or self.bn == "end":
+            self._apply(trainer, " (end)", final=True)
+            trainer.metrics = trainer.evaluate()
+            trainer.log.log(f"zeroed model: top1 {trainer.metrics['top1']:.2f} top5 {trainer.metrics['top5']:.2f}")
+
+    def state_dict(self):
+        return {"pruned": {int(k): list(v) for k, v in self.pruned.items()}, "zeroed_step": self.zeroed_step,
+                "zeroings": self.zeroings}
+
+    def load_state_dict(self, state):
+        self.pruned = {int(k): list(v) for k, v in state.get("pruned", {}).items()}
+        self.zeroed_step, self.zeroings = state.get("zeroed_step"), state.get("zeroings", 0)

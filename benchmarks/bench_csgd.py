@@ -1,0 +1,111 @@
+"""Step time of C-SGD against plain SGD: the cost of the centripetal update (target: ratio <= 1.05 on CPU).
+
+    python benchmarks/bench_csgd.py [-a src56] [--steps 10] [--repeats 3] [--batch-size 64] [--device cpu]
+
+Both loops run the same model, optimizer (same parameter groups) and in-memory batches of the embedded
+cifar10-mini; the C-SGD loop adds the after-backward gradient rewrite on every group the arch's first
+iteration slims (src56: all 57 convs, k-means clusters). The two alternate, `--repeats` times each, and
+medians are compared, so a machine busy with something else slows both alike. The update is also timed
+alone, over the same steps' gradients, which gives the overhead without the noise of whole steps.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from base_model import build_model  # noqa: E402
+from csgd.centripetal import CentripetalHook  # noqa: E402
+from csgd.clustering import cluster_groups  # noqa: E402
+from csgd.convert import graph_for  # noqa: E402
+from csgd.schedule import default_schedule, group_targets, target_deps  # noqa: E402
+from utils.channel_graph import arch_graph  # noqa: E402
+from utils.data import make_loaders  # noqa: E402
+from utils.dist import resolve_device  # noqa: E402
+from utils.engine import TrainConfig, param_groups  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def loop(model, opt, batches, device, hook=None):
+    """Seconds per step."""
+    crit = torch.nn.CrossEntropyLoss()
+    model.train()
+    sync(device)
+    t = time.perf_counter()
+    for x, y in batches:
+        loss = crit(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if hook is not None:
+            hook.apply()
+        opt.step()
+    sync(device)
+    return (time.perf_counter() - t) / len(batches)
+
+
+def update_alone(hook, device, repeats=20):
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        hook.apply()
+    sync(device)
+    return (time.perf_counter() - t) / repeats
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-a", "--arch", default="src56")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-o", "--output", help="also write the result as JSON here")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    train, _ = make_loaders("cifar10-mini", None, args.batch_size, device, 0, 1, 0, 0)
+    batches = [b for _, b in zip(range(args.steps), train.batches())]
+    torch.manual_seed(0)
+    plain_model = build_model(args.arch).to(device)
+    csgd_model = build_model(args.arch).to(device)
+    csgd_model.load_state_dict(plain_model.state_dict())
+    graph = graph_for(args.arch, plain_model.deps)
+    target = target_deps(args.arch, arch_graph(args.arch), default_schedule(args.arch), 0)
+    state = {k: v.cpu() for k, v in plain_model.state_dict().items()}
+    clusters = cluster_groups(state, graph, group_targets(graph, plain_model.deps, target))
+    cfg = TrainConfig(lr=0.03, nesterov=True)
+    hook = CentripetalHook(graph, clusters, 3e-3, cfg.weight_decay, cfg.bn_weight_decay).bind(csgd_model)
+    plain_opt = torch.optim.SGD(param_groups(plain_model, cfg), lr=cfg.lr, momentum=cfg.momentum)
+    csgd_opt = torch.optim.SGD(param_groups(csgd_model, cfg, hook.param_rule), lr=cfg.lr, momentum=cfg.momentum)
+    loop(plain_model, plain_opt, batches[:2], device), loop(csgd_model, csgd_opt, batches[:2], device, hook)  # warm-up
+    plain, csgd = [], []
+    for _ in range(args.repeats):
+        plain.append(loop(plain_model, plain_opt, batches, device))
+        csgd.append(loop(csgd_model, csgd_opt, batches, device, hook))
+    result = {"arch": args.arch, "device": str(device), "threads": torch.get_num_threads(), "batch": args.batch_size,
+              "steps": len(batches), "repeats": args.repeats, "clustered_groups": len(clusters),
+              "clustered_tensors": len(hook.entries), "plain_s_per_step": statistics.median(plain),
+              "csgd_s_per_step": statistics.median(csgd), "update_s": update_alone(hook, device)}
+    result["ratio"] = result["csgd_s_per_step"] / result["plain_s_per_step"]
+    result["update_ratio"] = 1 + result["update_s"] / result["plain_s_per_step"]
+    print(f"{args.arch} batch {args.batch_size} on {device} ({result['threads']} threads), {len(batches)} steps x "
+          f"{args.repeats}: plain {result['plain_s_per_step'] * 1e3:.1f} ms/step, C-SGD "
+          f"{result['csgd_s_per_step'] * 1e3:.1f} ms/step, ratio {result['ratio']:.3f}; the update alone "
+          f"{result['update_s'] * 1e3:.2f} ms over {len(hook.entries)} tensors "
+          f"(1 + update/plain step = {result['update_ratio']:.4f})")
+    print(json.dumps(result))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

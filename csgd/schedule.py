@@ -1,0 +1,76 @@
+"""The original's width schedules: which groups C-SGD narrows, and to what width at iteration K.
+
+Each entry is an absolute fraction of the arch's original widths (not a step from the previous
+iteration). src56 (and the other CIFAR ResNets) slim every group, residual ones included, to
+d*13//16, d*11//16, d*5//8 (rounded down, as the original's integer arithmetic); sres50 (and the other
+ImageNet ResNets) slim the internal layers to ceil(0.7 d), ..., ceil(0.3 d). vc has no C-SGD schedule
+in the original; we give it the CIFAR fractions on its (all internal) layers.
+"""
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+from base_model import default_deps, get_arch
+
+SCOPES = {"all": ("internal", "residual", "stem", "fanout"), "internal": ("internal",)}
+ROUNDINGS = ("floor", "ceil")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    ratios: tuple  # Fractions of the original widths, one per iteration
+    scope: str  # "all" or "internal"
+    rounding: str  # "floor" or "ceil"
+
+
+CIFAR_RESNET = Schedule((Fraction(13, 16), Fraction(11, 16), Fraction(5, 8)), "all", "floor")
+IMAGENET_RESNET = Schedule(tuple(Fraction(r) for r in ("0.7", "0.6", "0.5", "0.4", "0.3")), "internal", "ceil")
+
+
+def default_schedule(arch):
+    get_arch(arch)
+    if arch.startswith("sres"):
+        return IMAGENET_RESNET
+    if arch == "vc":
+        return Schedule(CIFAR_RESNET.ratios, "internal", "floor")
+    return CIFAR_RESNET
+
+
+def parse_ratios(text):
+    """'13/16,11/16,5/8' or '0.7,0.6' -> exact Fractions in (0, 1]."""
+    try:
+        ratios = tuple(Fraction(x.strip()) for x in text.split(",") if x.strip())
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"--ratios {text!r}: expected fractions like 13/16,11/16 or 0.7,0.6") from None
+    if not ratios or any(not 0 < r <= 1 for r in ratios):
+        raise ValueError(f"--ratios {text!r}: every ratio must be in (0, 1]")
+    return ratios
+
+
+def target_deps(arch, graph, schedule, itr):
+    """The deps iteration `itr` trains towards, from the arch's original widths."""
+    if not 0 <= itr < len(schedule.ratios):
+        raise ValueError(f"-i {itr}: the schedule has iterations 0..{len(schedule.ratios) - 1} "
+                         f"(ratios {', '.join(str(r) for r in schedule.ratios)})")
+    if schedule.scope not in SCOPES:
+        raise ValueError(f"unknown scope {schedule.scope!r}: choose one of {', '.join(SCOPES)}")
+    if schedule.rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {schedule.rounding!r}: choose one of {', '.join(ROUNDINGS)}")
+    r = schedule.ratios[itr]
+    rnd = math.floor if schedule.rounding == "floor" else math.ceil
+    deps = list(default_deps(arch))
+    for g in graph.by_role(*SCOPES[schedule.scope]):
+        for p in g.producers:
+            deps[p.index] = max(1, rnd(r * deps[p.index]))
+    return deps
+
+
+def group_targets(graph, current, target):
+    """{group id: target width} for the groups whose width changes from `current` to `target` deps."""
+    cur, tgt = graph.widths(current), graph.widths(target)
+    for g in graph.groups:
+        widths = {target[p.index] for p in g.producers}
+        if len(widths) > 1:
+            raise ValueError(f"target deps give the tied convs of group {g.id} ({g.producers[0].conv}) "
+                             f"different widths {sorted(widths)}; they must share one")
+    return {gid: tgt[gid] for gid in cur if tgt[gid] != cur[gid]}

@@ -1,0 +1,148 @@
+"""Compactors: a 1x1 conv, initialised to the identity, after the BN (and before the ReLU) of every conv
+in the channel groups ResRep prunes. The compactor of `X.conv`/`X.bn` is the module `X.compactor`, so
+its tensors are `X.compactor.pwc.weight` and `X.compactor.mask`, as in the original repo, and every
+base tensor keeps its name: a plain hdf5 file loads into a ResRep model with only compactors missing.
+
+Which groups are pruned is chosen from the channel graph by role ("internal" by default: one conv
+whose channels feed one consumer), never by index. All producers of a group share one mask.
+"""
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from base_model import build_model
+
+DEFAULT_ROLES = ("internal",)
+PRUNABLE_ROLES = ("internal", "residual", "stem", "fanout")
+
+
+class Compactor(nn.Module):
+    """Q: a width x width 1x1 conv starting at the identity, and a 0/1 mask over its rows (output
+    channels). The mask only gates Q's gradient (see resrep.reset_gradients), never the forward."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.pwc = nn.Conv2d(width, width, 1, bias=False)
+        with torch.no_grad():
+            self.pwc.weight.copy_(torch.eye(width).reshape(width, width, 1, 1))
+        self.register_buffer("mask", torch.ones(width))
+
+    def forward(self, x):
+        return self.pwc(x)
+
+    def row_norms(self):
+        """||q_j||_2 of every row: the channel's importance."""
+        return torch.linalg.vector_norm(self.pwc.weight.detach().float(), dim=(1, 2, 3))
+
+
+@dataclass
+class PrunedGroup:
+    """A channel group with one compactor per producer conv (conv path -> compactor module path)."""
+    group: object  # utils.channel_graph.ChannelGroup
+    paths: dict  # producer conv path -> compactor module path
+    modules: dict | None = None  # producer conv path -> Compactor, once inserted into a model
+
+    @property
+    def id(self):
+        return self.group.id
+
+    def compactors(self):
+        return list(self.modules.values())
+
+    def mask(self):
+        return self.compactors()[0].mask
+
+    def norms(self):
+        """Channel importance: the row norm (root of the summed squares over the group's compactors)."""
+        sq = sum(c.row_norms() ** 2 for c in self.compactors())
+        return sq.sqrt()
+
+    def set_masked(self, masked):
+        """Mask exactly these channels (a fresh mask, so no stale zeros survive an update)."""
+        for c in self.compactors():
+            m = torch.ones_like(c.mask)
+            if len(masked):
+                m[torch.as_tensor(list(masked), dtype=torch.long, device=m.device)] = 0
+            c.mask.copy_(m)
+
+    def masked(self):
+        return (self.mask() == 0).nonzero().flatten().tolist()
+
+
+def graph_at(graph, deps):
+    """The channel graph with each group's width read from `deps` (arch_graph holds the default widths)."""
+    g = copy.deepcopy(graph)
+    for group in g.groups:
+        group.width = int(deps[group.producers[0].index])
+    return g
+
+
+def compactor_layout(graph, roles=DEFAULT_ROLES):
+    """The groups to prune and where each compactor lives, from the graph alone (no model needed)."""
+    bad = [r for r in roles if r not in PRUNABLE_ROLES]
+    if bad:
+        raise ValueError(f"cannot prune groups of role {bad[0]!r}; choose from {', '.join(PRUNABLE_ROLES)}")
+    out = []
+    for group in graph.by_role(*roles):
+        paths = {}
+        for p in group.producers:
+            if p.bn is None:
+                raise ValueError(f"{p.conv} has no BatchNorm after it: a compactor goes after conv+BN")
+            parent, _, _ = p.bn.rpartition(".")
+            paths[p.conv] = f"{parent}.compactor" if parent else "compactor"
+        out.append(PrunedGroup(group, paths))
+    if not out:
+        raise ValueError(f"the model has no channel group of role {', '.join(roles)} to prune")
+    return out
+
+
+def insert_compactors(model, graph, roles=DEFAULT_ROLES):
+    """Put an identity compactor right after the BN of every producer of the pruned groups (in place).
+
+    The BN must sit in an nn.Sequential (as `conv_bn` builds it); the compactor goes after it, so
+    a ReLU that follows in the same Sequential comes after the compactor. Returns the PrunedGroups.
+    """
+    groups = compactor_layout(graph, roles)
+    for pg in groups:
+        pg.modules = {}
+        for p in pg.group.producers:
+            parent_path, _, bn_name = p.bn.rpartition(".")
+            parent = model.get_submodule(parent_path)
+            if not isinstance(parent, nn.Sequential):
+                raise ValueError(f"{p.bn}: a compactor needs the BN inside an nn.Sequential (conv, bn, relu)")
+            if "compactor" in parent._modules:
+                raise ValueError(f"{parent_path} already has a compactor")
+            bn = parent._modules[bn_name]
+            comp = Compactor(bn.num_features).to(bn.weight.device, bn.weight.dtype)
+            children = list(parent._modules.items())
+            parent._modules = OrderedDict()
+            for name, m in children:
+                parent.add_module(name, m)
+                if name == bn_name:
+                    parent.add_module("compactor", comp)
+            pg.modules[p.conv] = comp
+    return groups
+
+
+def resrep_model(arch, deps=None, num_classes=None, roles=DEFAULT_ROLES):
+    """A ResRep model of `arch` (identity compactors) and its PrunedGroups; loads finish.hdf5 back."""
+    from utils.channel_graph import arch_graph
+
+    model = build_model(arch, deps, num_classes)
+    graph = graph_at(arch_graph(arch, num_classes), model.deps)
+    return model, graph, insert_compactors(model, graph, roles)
+
+
+def compactor_rule(groups, momentum=0.99):
+    """Optimizer overrides for compactor kernels: momentum 0.99 and no weight decay."""
+    names = {f"{path}.pwc.weight" for pg in groups for path in pg.paths.values()}
+
+    def rule(name, param, module):
+        if name in names:
+            return {"momentum": momentum, "weight_decay": 0.0}
+        return None
+
+    return rule

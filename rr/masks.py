@@ -1,0 +1,88 @@
+"""Mask selection: which compactor rows get only the penalty gradient.
+
+All rows of all pruned groups are ranked together by norm (smallest first, no per-layer weighting,
+as the paper). Walking that list from a fresh start (the unpruned widths), each row narrows its group
+by one until the MACs reach `flops_target` of the base; a group never goes below `num_at_least`.
+Until the target has been reached once by the current masks, an update may mask at most
+`begin_granularity` more rows than the masks in place. Unlike the original code, the cap counts
+only rows actually masked (not the skipped ones), and every group's mask is rebuilt (no stale zeros).
+
+MACs are kept up to date incrementally: narrowing one group changes only the layers that read or
+write it, so each step costs a few multiplications instead of a full recount.
+"""
+import math
+
+import torch
+
+from utils.flops import count, layer_macs
+
+
+class MacsCounter:
+    """MACs of a model as group widths shrink one channel at a time."""
+
+    def __init__(self, graph, widths):
+        self.widths = dict(widths)
+        self.touching = {g.id: [] for g in graph.groups}
+        for lc in graph.layers:
+            for gid in {lc.in_group, lc.out_group} - {None}:
+                self.touching[gid].append(lc)
+        self.macs = sum(layer_macs(lc, self.widths) for lc in graph.layers)
+
+    def saving(self, gid):
+        """MACs saved by removing one channel of group `gid` at the current widths."""
+        before = sum(layer_macs(lc, self.widths) for lc in self.touching[gid])
+        self.widths[gid] -= 1
+        after = sum(layer_macs(lc, self.widths) for lc in self.touching[gid])
+        self.widths[gid] += 1
+        return before - after
+
+    def remove_one(self, gid):
+        self.macs -= self.saving(gid)
+        self.widths[gid] -= 1
+
+
+def group_deps(graph, base_deps, widths):
+    """A deps list with the given group widths (every producer of a group gets its width)."""
+    deps = list(base_deps)
+    for g in graph.groups:
+        if g.id in widths:
+            for p in g.producers:
+                deps[p.index] = int(widths[g.id])
+    return deps
+
+
+def select_masks(graph, base_deps, norms, masked_now, flops_target, begin_granularity=4, num_at_least=1):
+    """New masks: {group id: sorted channel indices to mask}.
+
+    graph: the ChannelGraph (group widths at `base_deps`); norms: {group id: 1-D tensor of row norms}
+    for the pruned groups; masked_now: {group id: number of rows masked now}.
+    """
+    if num_at_least < 1:
+        raise ValueError(f"num_at_least must be at least 1 (a group cannot lose every channel), got {num_at_least}")
+    base_widths = graph.widths(base_deps)
+    base_macs = count(graph, base_deps)[0]
+    target = flops_target * base_macs
+    current = {gid: base_widths[gid] - masked_now.get(gid, 0) for gid in norms}
+    cur_macs = count(graph, group_deps(graph, base_deps, current))[0]
+    cap = sum(masked_now.values()) + begin_granularity if cur_macs > target else math.inf
+
+    gids = list(norms)
+    values = torch.cat([norms[g].detach().double().cpu().flatten() for g in gids])
+    owner = torch.cat([torch.full((len(norms[g]),), i, dtype=torch.long) for i, g in enumerate(gids)])
+    channel = torch.cat([torch.arange(len(norms[g])) for g in gids])
+    order = torch.argsort(values, stable=True).tolist()
+    owner, channel = owner.tolist(), channel.tolist()
+
+    counter = MacsCounter(graph, base_widths)
+    chosen = {g: [] for g in gids}
+    n = 0
+    for k in order:
+        if counter.macs <= target or n >= cap:
+            break
+        gid = gids[owner[k]]
+        if counter.widths[gid] <= num_at_least:
+            continue
+        counter.remove_one(gid)
+        chosen[gid].append(channel[k])
+        n += 1
+    return {g: sorted(c) for g, c in chosen.items()}

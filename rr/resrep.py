@@ -1,0 +1,116 @@
+"""ResRep during training: gradient resetting after every backward, mask updates every few steps.
+
+The loss stays plain cross-entropy. After backward (and DDP's all-reduce), each compactor row q_j gets
+
+    grad(q_j) = m_j * dL/dq_j + lasso_strength * q_j / ||q_j||
+
+so a masked row (m_j = 0) only feels the group-lasso pull towards zero, from step 0 on. The mask
+gates gradients only; the forward pass always uses the whole compactor.
+"""
+from dataclasses import asdict, dataclass
+
+import torch
+
+from utils.dist import broadcast_object
+from utils.engine import Hook
+from utils.flops import count
+
+from .masks import group_deps, select_masks
+
+ZERO_NORM = 1e-12  # a row this small gets a proportionally smaller penalty: no 0/0 for an exact zero row
+
+
+@dataclass
+class ResRepConfig:
+    flops_target: float = 0.471  # MACs to keep, as a fraction of the base (src56: 52.9 % pruned)
+    lasso_strength: float = 1e-4  # lambda of the group-lasso gradient on every compactor row
+    mask_interval: int = 200  # steps between mask updates
+    before_mask_iters: int = 3906  # no masks before this step (original: 5 epochs)
+    begin_granularity: int = 4  # at most this many more rows masked per update, until the target is met
+    num_at_least: int = 1  # never mask a group below this many channels
+
+
+@torch.no_grad()
+def reset_gradients(groups, lasso_strength):
+    """Rewrite every compactor's gradient in place: mask the task gradient, add the lasso direction."""
+    for pg in groups:
+        for comp in pg.compactors():
+            w = comp.pwc.weight
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            norm = torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True).clamp_min(ZERO_NORM)
+            w.grad.mul_(comp.mask.view(-1, 1, 1, 1)).add_(w / norm, alpha=lasso_strength)
+
+
+class ResRepHook(Hook):
+    """Gradient resetting and mask selection for a model whose compactors are `groups`."""
+
+    def __init__(self, graph, base_deps, groups, cfg):
+        self.graph, self.base_deps, self.groups, self.cfg = graph, list(base_deps), groups, cfg
+        lows = (("mask_interval", 1), ("begin_granularity", 1), ("num_at_least", 1), ("before_mask_iters", 0))
+        for name, low in lows:
+            if getattr(cfg, name) < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
+        if cfg.lasso_strength < 0:
+            raise ValueError(f"--lasso-strength must not be negative, got {cfg.lasso_strength}")
+        if not 0 < cfg.flops_target <= 1:
+            raise ValueError(f"--flops-target is the fraction of MACs to keep, in (0, 1]; got {cfg.flops_target}")
+        self.base_macs = count(graph, base_deps)[0]
+        self.updates = 0
+        self.reached_at = None  # first step whose masks met the target
+
+    def due(self, step):
+        c = self.cfg
+        return step > c.before_mask_iters and (step - c.before_mask_iters) % c.mask_interval == 0
+
+    def after_backward(self, trainer):
+        reset_gradients(self.groups, self.cfg.lasso_strength)
+
+    def after_step(self, trainer):
+        if self.due(trainer.step):
+            self.update_masks(trainer)
+
+    def masked_deps(self):
+        """deps with every pruned group narrowed by its masked rows: the width after conversion."""
+        widths = {pg.id: pg.group.width - len(pg.masked()) for pg in self.groups}
+        return group_deps(self.graph, self.base_deps, widths)
+
+    def update_masks(self, trainer=None):
+        """Choose the masks on rank 0 (the weights are the same on every rank) and send them to all."""
+        c = self.cfg
+        chosen = None
+        if trainer is None or trainer.ctx.is_main:
+            norms = {pg.id: pg.norms() for pg in self.groups}
+            masked_now = {pg.id: len(pg.masked()) for pg in self.groups}
+            chosen = select_masks(self.graph, self.base_deps, norms, masked_now, c.flops_target,
+                                  c.begin_granularity, c.num_at_least)
+        chosen = broadcast_object(chosen)
+        for pg in self.groups:
+            pg.set_masked(chosen[pg.id])
+        self.updates += 1
+        deps = self.masked_deps()
+        ratio = count(self.graph, deps)[0] / self.base_macs
+        n = sum(len(v) for v in chosen.values())
+        if trainer is not None:
+            step = trainer.step
+            trainer.log.scalars(step, **{"resrep/masked": n, "resrep/macs_ratio": ratio})
+            if self.reached_at is None and ratio <= c.flops_target:
+                self.reached_at = step
+                trainer.log.log(f"step {step}: MACs target {c.flops_target} met with {n} rows masked "
+                                f"({ratio:.4f} of base); unmasked deps {deps}")
+            elif self.updates == 1 or self.updates % 50 == 0:
+                trainer.log.log(f"step {step}: mask update {self.updates}: {n} rows masked, "
+                                f"MACs {ratio:.4f} of base (target {c.flops_target})")
+        return chosen
+
+    def state_dict(self):
+        # The masks themselves are buffers of the model, so they travel with the model's state.
+        return {"updates": self.updates, "reached_at": self.reached_at, "config": asdict(self.cfg)}
+
+    def load_state_dict(self, state):
+        old, new = state.get("config", {}), asdict(self.cfg)
+        changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+        if changed:
+            raise ValueError("the resume checkpoint belongs to a ResRep run with other settings "
+                             f"({', '.join(changed)}); re-run with the same settings, or choose another --output")
+        self.updates, self.reached_at = state["updates"], state["reached_at"]

@@ -183,6 +183,10 @@ class Trainer:
         self.checkpoint_path = os.path.join(cfg.output, "checkpoint.pth")
         self.metrics = {}
 
+    def request_stop(self):
+        """End the run after the current step (a hook's decision: AOFP stops once its MACs target is met)."""
+        self.total_steps = self.step
+
     # --- checkpointing -------------------------------------------------------------------------
     def config_dict(self):
         return dataclasses.asdict(self.cfg)
@@ -294,7 +298,7 @@ class Trainer:
                                      (logits.argmax(1) == labels).sum().double(),
                                      torch.tensor(float(labels.numel()), device=self.device, dtype=torch.float64)])
             seen += labels.numel()
-            last = i + 1 == stop
+            last = i + 1 == stop or self.step >= self.total_steps  # a hook may have requested the stop
             if self.step % cfg.log_every == 0 or last or self.step % cfg.ckpt_every == 0:
                 self._check_finite(first_bad)
                 loss_avg, correct, n = sums.tolist()
@@ -312,6 +316,8 @@ class Trainer:
                 tick, seen = time.perf_counter(), 0
                 if self.step % cfg.ckpt_every == 0 and not last:
                     self.save_checkpoint()
+            if last:
+                break
         if hasattr(bar, "close"):
             bar.close()
 

@@ -1,0 +1,278 @@
+"""AOFP: the binary search, the damage probe, exact pruning, resume, two ranks, the entry script."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from aofp import do_aofp
+from aofp.hook import AOFPSearch
+from aofp.prune import pruned_model, zero_pruned
+from aofp.search import LayerSearch, start_steps
+from base_model import build_model
+from tests.conftest import example_input, random_model
+from utils import dist
+from utils.channel_graph import arch_graph
+from utils.checkpoint import CheckpointError
+from utils.data import make_loaders
+from utils.engine import TrainConfig, Trainer
+from utils.flops import count
+from utils.store import model_from_hdf5, read_hdf5, save_hdf5
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYER = "stage1.block0.conv1.conv"  # src20's first internal conv: 16 filters
+ZEROED = list(range(0, 16, 2))
+SIZE = 16  # synthetic images: small, so the search runs fast on CPU
+
+
+def zero_filters(model, conv, filters):
+    """Filters that output exactly 0 (conv rows, BN weight and bias): masking them does no damage."""
+    graph = arch_graph("src20")
+    bn = next(p.bn for p in graph.group_of(conv).producers if p.conv == conv)
+    with torch.no_grad():
+        for t in (model.get_submodule(conv).weight, model.get_submodule(bn).weight, model.get_submodule(bn).bias):
+            t[filters] = 0
+    return model
+
+
+def half_zero_model():
+    return zero_filters(random_model("src20", seed=3), LAYER, ZEROED)
+
+
+def target_after(graph, deps, gid, width):
+    """A MACs target met exactly when group `gid` is down to `width` channels."""
+    narrow = list(deps)
+    narrow[graph.groups[gid].producers[0].index] = width
+    return count(graph, narrow)[0] / count(graph, deps)[0] + 1e-9
+
+
+def search_run(out, model, ctx=None, groups="layer", **kw):
+    """Train `model` at lr 0 (the search sees a fixed network) with AOFP on it; return (trainer, hook)."""
+    ctx = ctx or dist.DistContext()
+    graph = arch_graph("src20")
+    gid = graph.group_of(LAYER).id
+    settings = dict(iters_per_half=6, thresh=0.01, warmup=0, seed=0,
+                    flops_target=target_after(graph, model.deps, gid, 16 - len(ZEROED)))
+    hook_keys = {*settings, "bn_mode"}
+    settings.update({k: v for k, v in kw.items() if k in hook_keys})
+    hook = AOFPSearch(graph, model.deps, groups=[gid] if groups == "layer" else groups, **settings)
+    cfg = TrainConfig(**{**dict(epochs=40, batch_size=16, lr=0.0, milestones=(), eval_every=1000, log_every=50,
+                                ckpt_every=40, deterministic=True, output=str(out)),
+                         **{k: v for k, v in kw.items() if k not in hook_keys}})
+    train, val = make_loaders("synthetic", None, cfg.batch_size, ctx.device, ctx.rank, ctx.world_size, 0, 0,
+                              image_size=SIZE, num_classes=10)
+    trainer = Trainer(cfg, model, train, val, ctx, hooks=[hook])
+    trainer.fit()
+    return trainer, hook
+
+
+# --- the search itself -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """One uninterrupted search on the half-zero model (shared: it is the slowest part)."""
+    out = tmp_path_factory.mktemp("whole")
+    trainer, hook = search_run(out, half_zero_model(), max_steps=1500)
+    return out, trainer, hook
+
+
+def test_search_finds_and_prunes_exactly_the_zero_filters_then_stops(whole):
+    out, trainer, hook = whole
+    layer = hook.layers[0]
+    assert layer.keep.nonzero().flatten().tolist() == [i for i in range(16) if i not in ZEROED]
+    assert hook.stopped == "target"
+    assert trainer.step == hook.moves[-1][0] < 1500  # stopped right after the move that met the target
+    assert "prunes" in (out / "log.txt").read_text()
+
+
+def test_decisions_prune_narrow_restart_and_one_filter_is_done():
+    layer = LayerSearch("conv", 0, 8, start_step=0)
+    layer.restart(0)
+    assert layer.search.all() and layer.active
+    drawn = layer.draw(torch.Generator().manual_seed(0))
+    assert drawn.sum() == 4 and not (drawn & ~layer.search).any()
+    damage = torch.tensor([0.5, 0.001, 0.3, 0.002, 0.4, 0.2, 0.6, 0.7])
+    for i in range(8):  # every filter masked once, alone
+        layer.accumulate(damage[i], torch.arange(8) == i)
+    assert layer.decide(10, 0.01)[0] == "narrow"  # best 4 = {1, 3, 5, 2}: 0.3 fails
+    assert layer.search.nonzero().flatten().tolist() == [1, 2, 3, 5] and layer.half_start == 10
+    for i in (1, 2, 3, 5):
+        layer.accumulate(damage[i], torch.arange(8) == i)
+    action, pruned, worst = layer.decide(20, 0.01)  # best 2 = {1, 3}: both harmless
+    assert (action, sorted(pruned)) == ("prune", [1, 3]) and worst == pytest.approx(0.002)
+    assert layer.alive == 6 and layer.search.sum() == 6 and layer.acc_n.sum() == 0
+    assert layer.decide(30, 0.01)[0] == "narrow"  # no samples: never harmless
+    two = LayerSearch("conv", 0, 2, 0)
+    two.restart(0)
+    two.accumulate(torch.tensor(0.0), torch.tensor([True, False]))
+    assert two.decide(5, 0.01)[0] == "prune" and two.done and not two.active and two.alive == 1
+    one = LayerSearch("conv", 0, 1, 0)
+    one.restart(0)
+    assert one.done  # nothing to search, and no crash
+
+
+def test_starts_are_staggered_by_list_position():
+    assert start_steps(13, 1000, 500) == [500 + 76 * k for k in range(13)]  # vc: 500, 576, ..., 1412
+    assert start_steps(27, 1000, 500)[-1] == 500 + 37 * 26  # src56
+
+
+def test_layer_down_to_one_filter_is_done_and_the_search_ends(tmp_path):
+    model = zero_filters(random_model("src20", seed=3), LAYER, list(range(1, 16)))
+    trainer, hook = search_run(tmp_path, model, flops_target=None, thresh=10.0, max_steps=400)
+    assert hook.layers[0].alive == 1 and hook.layers[0].done
+    assert hook.stopped == "exhausted" and trainer.step < 400
+
+
+# --- the ablated pass --------------------------------------------------------------------------
+
+def test_ablated_pass_leaves_bn_running_stats_untouched(tmp_path):
+    plain, probed = random_model("src20", seed=1).train(), random_model("src20", seed=1).train()
+    graph = arch_graph("src20")
+    hook = AOFPSearch(graph, probed.deps, iters_per_half=5, warmup=0).attach(probed)  # 9 layers: all start at 0
+    x = example_input("src20", batch=8)
+
+    class Step:  # what the hook reads from the trainer
+        step, device, ctx = 0, torch.device("cpu"), dist.DistContext()
+    hook.before_step(Step, x, None)
+    assert all(p.drawn is not None for p in hook.probes)
+    plain(x), probed(x)
+    assert all(p.t is not None and 0 < p.t < 10 for p in hook.probes)
+    for (name, a), b in zip(plain.state_dict().items(), probed.state_dict().values()):
+        assert torch.equal(a, b), name  # running_mean, running_var, num_batches_tracked
+
+
+@pytest.mark.parametrize("bn_mode", ["base", "own"])
+def test_damage_is_zero_for_harmless_filters_and_positive_otherwise(bn_mode):
+    model = half_zero_model().train()
+    graph = arch_graph("src20")
+    hook = AOFPSearch(graph, model.deps, groups=[graph.group_of(LAYER).id], bn_mode=bn_mode).attach(model)
+    probe, x = hook.probes[0], example_input("src20", batch=8)
+    probe.layer.restart(0)
+    for drawn, harmless in ((ZEROED[:4], True), ([1, 3], False)):
+        probe.drawn = torch.zeros(16)
+        probe.drawn[drawn] = 1
+        model(x)
+        assert (probe.t == 0) if harmless else (probe.t > 0.01), (drawn, probe.t)
+
+
+# --- pruning is exact --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["vc", "src56", "sres50"])
+def test_masked_and_pruned_models_give_the_same_logits(arch):
+    model, graph = random_model(arch, seed=2), arch_graph(arch)
+    hook = AOFPSearch(graph, model.deps)
+    g = torch.Generator().manual_seed(0)
+    for layer in hook.layers:
+        keep = torch.rand(layer.width, generator=g) < 0.6
+        keep[torch.randint(layer.width, (1,), generator=g)] = True
+        layer.set_keep(keep)
+    hook.attach(model.eval())
+    x = example_input(arch)
+    with torch.no_grad():
+        masked = model(x)
+        small, deps = pruned_model(model, arch, graph, hook.keeps())
+        assert deps != model.deps
+        assert (small.eval()(x) - masked).abs().max() < 1e-4
+        hook.detach()  # the plain model, with the pruned filters zeroed, is the masked model too
+        assert (zero_pruned(model, graph, hook.keeps())(x) - masked).abs().max() < 1e-4
+
+
+# --- resume and two ranks ----------------------------------------------------------------------
+
+def test_resumed_search_equals_uninterrupted(tmp_path, whole):
+    _, whole_trainer, whole = whole
+    assert len(whole.moves) >= 2
+    cut = whole.moves[0][0] + 5  # mid-search, after the first move
+    search_run(tmp_path / "cut", half_zero_model(), max_steps=cut)
+    resumed_trainer, resumed = search_run(tmp_path / "cut", half_zero_model(), max_steps=1500)
+    assert "resumed from" in (tmp_path / "cut" / "log.txt").read_text()
+    assert resumed.moves == whole.moves and resumed_trainer.step == whole_trainer.step
+    for a, b in zip(resumed.state_dict()["layers"], whole.state_dict()["layers"]):
+        for k in a:
+            assert torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k], k
+    # a finished search stays finished when its command is run again
+    again_trainer, again = search_run(tmp_path / "cut", half_zero_model(), max_steps=1500)
+    assert again_trainer.step == whole_trainer.step and again.moves == whole.moves
+    with pytest.raises(CheckpointError, match="thresh: 0.01 -> 0.02"):
+        search_run(tmp_path / "cut", half_zero_model(), max_steps=1500, thresh=0.02)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ctx = dist.setup("cpu")
+    try:
+        graph = arch_graph("src20")
+        groups = [graph.group_of(LAYER).id, graph.group_of("stage2.block0.conv1.conv").id]
+        trainer, hook = search_run(out, half_zero_model(), ctx, groups=groups, max_steps=40, flops_target=None)
+        torch.save({"search": hook.state_dict(), "step": trainer.step}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.cleanup()
+
+
+def test_two_gloo_processes_make_the_same_decisions(tmp_path):
+    mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["search"]["moves"] and r0["search"]["moves"] == r1["search"]["moves"]
+    for a, b in zip(r0["search"]["layers"], r1["search"]["layers"]):
+        for k in ("keep", "search", "acc_t", "acc_n"):
+            assert torch.equal(a[k], b[k]), k  # each rank sees other images: t is averaged over them
+
+
+# --- the entry script --------------------------------------------------------------------------
+
+def test_do_aofp_prunes_proves_and_finetunes(tmp_path, capsys):
+    base = tmp_path / "base.hdf5"
+    model = half_zero_model()
+    save_hdf5(base, model.state_dict(), deps=model.deps, arch="src20")
+    out = tmp_path / "run"
+    do_aofp.main(["-a", "src20", "--base", str(base), "--data", "synthetic", "--device", "cpu", "-o", str(out),
+                  "--iters-per-half", "4", "--warmup-iters", "0", "--thresh", "10", "--flops-target", "0.9",
+                  "--epochs", "2", "--batch-size", "32", "--ft-epochs", "1", "--ft-batch-size", "32"])
+    log = (out / "log.txt").read_text()
+    assert "max |logit difference| trained vs converted" in log and "MACs below the target" in log
+    diff = float(log.split("max |logit difference| trained vs converted: ")[1].split()[0])
+    assert diff < 1e-4
+    _, deps, attrs = read_hdf5(out / "finish_pruned.hdf5")
+    assert sum(deps) < sum(model.deps) and attrs["macs_ratio"] < 0.9 and attrs["max_logit_diff"] < 1e-4
+    masked, _, _ = model_from_hdf5(out / "finish.hdf5")  # the plain full-width model is the masked one
+    small, _, small_deps = model_from_hdf5(out / "finish_pruned.hdf5")
+    assert small_deps == deps
+    x = example_input("src20", batch=4)
+    with torch.no_grad():
+        assert (masked(x) - small(x)).abs().max() < 1e-4
+    tuned, _, tuned_deps = model_from_hdf5(out / "finetune" / "finish.hdf5")
+    assert tuned_deps == deps and "fine-tuned: top1" in capsys.readouterr().out
+
+
+def test_bad_input_is_refused_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"vc_train/finish.hdf5: make it with `python train_base_model.py -a vc`"):
+        do_aofp.main(["-a", "vc"])
+    with pytest.raises(FileNotFoundError, match="python transform_torchvision.py"):
+        do_aofp.main(["-a", "sres50"])
+    with pytest.raises(ValueError, match="unknown arch"):
+        do_aofp.main(["-a", "vgg99"])
+    for flags, msg in ((["--flops-target", "0"], "flops-target"), (["--thresh", "-1"], "thresh"),
+                       (["--iters-per-half", "0"], "iters-per-half"), (["--warmup-iters", "-5"], "warmup")):
+        with pytest.raises(ValueError, match=msg):
+            do_aofp.main(["-a", "vc", *flags])
+    with pytest.raises(ValueError, match="nothing to search"):
+        AOFPSearch(arch_graph("src20"), build_model("src20").deps, groups=[])
+
+
+def test_script_runs_from_the_repo_root_without_pythonpath(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, os.path.join(REPO, "aofp", "do_aofp.py"), "-a", "vc", "--base",
+                        str(tmp_path / "none.hdf5")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "error: --base" in r.stderr and "python train_base_model.py -a vc" in r.stderr

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from base_model import build_model  # noqa: E402
 from csgd.centripetal import CentripetalHook  # noqa: E402
 from csgd.clustering import cluster_groups  # noqa: E402
-from csgd.convert import graph_for  # noqa: E402
+from utils.channel_graph import arch_graph_at  # noqa: E402
 from csgd.schedule import default_schedule, group_targets, target_deps  # noqa: E402
 from utils.channel_graph import arch_graph  # noqa: E402
 from utils.data import make_loaders  # noqa: E402
@@ -77,7 +77,7 @@ def main(argv=None):
     plain_model = build_model(args.arch).to(device)
     csgd_model = build_model(args.arch).to(device)
     csgd_model.load_state_dict(plain_model.state_dict())
-    graph = graph_for(args.arch, plain_model.deps)
+    graph = arch_graph_at(args.arch, plain_model.deps)
     target = target_deps(args.arch, arch_graph(args.arch), default_schedule(args.arch), 0)
     state = {k: v.cpu() for k, v in plain_model.state_dict().items()}
     clusters = cluster_groups(state, graph, group_targets(graph, plain_model.deps, target))

@@ -1,20 +1,9 @@
 """C-SGD's conversion: one filter per cluster (the members' mean), consumers' inputs summed over the
 cluster, residual junctions merged once. A thin call into utils.surgery, plus the proof it is exact."""
-import torch
 
-from base_model import build_model, get_arch
-from utils.channel_graph import build_channel_graph
+from base_model import build_model
 from utils.report import conversion_summary, max_logit_diff
 from utils.surgery import merge, narrow
-
-
-def graph_for(arch, deps, num_classes=None):
-    """The channel graph of `arch` at widths `deps` (group widths are the current ones, not the original)."""
-    with torch.device("meta"):
-        model = build_model(arch, deps, num_classes)
-        size = get_arch(arch).input_size
-        example = torch.empty(1, 3, size, size)
-    return build_channel_graph(model, example)
 
 
 def convert_state(state, graph, clusters):

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from base_model import build_model, default_deps, get_arch  # noqa: E402
 from csgd.centripetal import VECTOR_FACTOR, CentripetalHook  # noqa: E402
 from csgd.clustering import METHODS, cluster_groups  # noqa: E402
-from csgd.convert import convert_model, graph_for  # noqa: E402
+from csgd.convert import convert_model
+from utils.channel_graph import arch_graph_at  # noqa: E402
 from csgd.schedule import (ROUNDINGS, SCOPES, Schedule, default_schedule, group_targets, parse_ratios,  # noqa: E402
                            target_deps)
 from utils import dist  # noqa: E402
@@ -147,7 +148,7 @@ def run(args):
         torch.manual_seed(cfg.seed)
         model, state = load_start(args.arch, start, spec.num_classes)
         current = list(model.deps)
-        graph = graph_for(args.arch, current, spec.num_classes)
+        graph = arch_graph_at(args.arch, current, spec.num_classes)
         targets = group_targets(graph, current, target)
         if not targets:
             raise ValueError(f"{start} already has iteration {args.itr}'s widths; nothing to slim")

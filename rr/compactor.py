@@ -6,7 +6,6 @@ base tensor keeps its name: a plain hdf5 file loads into a ResRep model with onl
 Which groups are pruned is chosen from the channel graph by role ("internal" by default: one conv
 whose channels feed one consumer), never by index. All producers of a group share one mask.
 """
-import copy
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from base_model import build_model
+from utils.channel_graph import graph_at  # noqa: F401  (re-exported: rr's callers use it)
 
 DEFAULT_ROLES = ("internal",)
 PRUNABLE_ROLES = ("internal", "residual", "stem", "fanout")
@@ -70,14 +70,6 @@ class PrunedGroup:
 
     def masked(self):
         return (self.mask() == 0).nonzero().flatten().tolist()
-
-
-def graph_at(graph, deps):
-    """The channel graph with each group's width read from `deps` (arch_graph holds the default widths)."""
-    g = copy.deepcopy(graph)
-    for group in g.groups:
-        group.width = int(deps[group.producers[0].index])
-    return g
 
 
 def compactor_layout(graph, roles=DEFAULT_ROLES):

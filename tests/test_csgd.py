@@ -13,7 +13,8 @@ from conftest import example_input, random_model
 from csgd import do_csgd
 from csgd.centripetal import CentripetalHook, clustered_tensors
 from csgd.clustering import ClusteringError, check_clusters, cluster_groups, even_clusters, kmeans
-from csgd.convert import convert_model, graph_for
+from csgd.convert import convert_model
+from utils.channel_graph import arch_graph_at
 from csgd.schedule import SCOPES, default_schedule, target_deps
 from utils import dist
 from utils.channel_graph import arch_graph
@@ -49,7 +50,7 @@ def test_even_split_is_the_papers():
 
 def test_residual_groups_are_clustered_from_all_their_convs():
     model = build_model("src20")
-    graph = graph_for("src20", model.deps)
+    graph = arch_graph_at("src20", model.deps)
     group = graph.by_role("residual")[0]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for p in group.producers:
@@ -62,7 +63,7 @@ def test_residual_groups_are_clustered_from_all_their_convs():
 
 
 def test_bad_clusterings_and_targets_are_refused():
-    graph = graph_for("src20", build_model("src20").deps)
+    graph = arch_graph_at("src20", build_model("src20").deps)
     state = build_model("src20").state_dict()
     with pytest.raises(ClusteringError, match=r"target width 20 is wider than the layer \(16 channels\)"):
         cluster_groups(state, graph, {1: 20})
@@ -108,7 +109,7 @@ def test_update_alone_collapses_clusters_geometrically_and_means_follow_sgd(mome
     torch.manual_seed(0)
     rng = random.Random(0)
     model = build_model("src20")
-    graph = graph_for("src20", model.deps)
+    graph = arch_graph_at("src20", model.deps)
     clusters = {g.id: random_clusters(g.width, rng) for g in graph.groups if g.role != "output"}
     eps, lr, steps = 2.0, 0.1, 20
     cfg = TrainConfig(lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=1e-3)
@@ -161,7 +162,7 @@ def test_update_alone_collapses_clusters_geometrically_and_means_follow_sgd(mome
 def test_singleton_clusters_are_plain_sgd_and_weight_decay_moves_into_the_update():
     torch.manual_seed(0)
     model = build_model("src20")
-    graph = graph_for("src20", model.deps)
+    graph = arch_graph_at("src20", model.deps)
     clusters = {g.id: [[i] for i in range(g.width)] for g in graph.groups if g.role != "output"}
     cfg = TrainConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
     hook = CentripetalHook(graph, clusters, 0.3, cfg.weight_decay, cfg.bn_weight_decay)
@@ -193,7 +194,7 @@ def test_weight_decay_is_turned_off_by_exact_name_only():
 @pytest.mark.parametrize("arch, itr", [("src56", 2), ("sres50", 2), ("vc", 2)])
 def test_identical_filters_convert_exactly(arch, itr):
     model = random_model(arch)
-    graph = graph_for(arch, model.deps)
+    graph = arch_graph_at(arch, model.deps)
     target = target_deps(arch, graph, default_schedule(arch), itr)
     targets = {g.id: target[g.producers[0].index] for g in graph.groups if target[g.producers[0].index] != g.width}
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -319,7 +320,7 @@ def test_a_wider_target_is_refused(base_file, tmp_path, capsys):
 def hooked_run(out, clusters, max_steps):
     torch.manual_seed(0)
     model = build_model("src20")
-    graph = graph_for("src20", model.deps)
+    graph = arch_graph_at("src20", model.deps)
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.1, nesterov=True, max_steps=max_steps, deterministic=True,
                       eval_every=100, output=str(out))
     hook = CentripetalHook(graph, clusters, 0.5)
@@ -330,7 +331,7 @@ def hooked_run(out, clusters, max_steps):
 
 
 def test_resume_continues_with_the_runs_own_clusters(tmp_path):
-    graph = graph_for("src20", build_model("src20").deps)
+    graph = arch_graph_at("src20", build_model("src20").deps)
     kmeans_like = {g.id: even_clusters(g.width, g.width * 3 // 4)[::-1] for g in graph.by_role("internal")}
     other = {g.id: even_clusters(g.width, g.width // 2) for g in graph.by_role("internal")}
     whole, _ = hooked_run(tmp_path / "whole", kmeans_like, 4)

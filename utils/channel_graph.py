@@ -282,3 +282,20 @@ def _arch_graph(arch, num_classes):
 def arch_graph(arch, num_classes=None):
     """The channel graph of a registered arch (the same for every deps). Cached; do not mutate."""
     return _arch_graph(arch, num_classes)
+
+
+def graph_at(graph, deps):
+    """The same graph with each group's width read from `deps` (a narrowed model's current widths)."""
+    import copy
+
+    if len(deps) != len(graph.convs):
+        raise ValueError(f"deps has {len(deps)} entries but the model has {len(graph.convs)} convs")
+    g = copy.deepcopy(graph)
+    for group in g.groups:
+        group.width = int(deps[group.producers[0].index])
+    return g
+
+
+def arch_graph_at(arch, deps, num_classes=None):
+    """`arch_graph(arch)` at the widths `deps` (methods that start from an already narrow model)."""
+    return graph_at(arch_graph(arch, num_classes), deps)

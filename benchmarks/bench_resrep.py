@@ -1,0 +1,92 @@
+"""ResRep's training step against the plain step of the same base model, and the time of one mask
+update on sres50 (targets: step ratio at most 1.10 on CPU for src56; a mask update well under 1 s).
+
+    python benchmarks/bench_resrep.py [-a src56] [--steps 10] [--repeats 3] [--batch-size 64]
+
+The ResRep step is the plain step plus the compactors in the forward pass and the gradient reset
+after backward, with masks already at the MACs target. Both loops use the same in-memory batches of
+cifar10-mini and alternate, so a busy machine slows both alike; medians are compared.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from base_model import build_model  # noqa: E402
+from rr.compactor import compactor_rule, resrep_model  # noqa: E402
+from rr.resrep import ResRepConfig, ResRepHook, reset_gradients  # noqa: E402
+from utils.data import make_loaders  # noqa: E402
+from utils.engine import TrainConfig, param_groups  # noqa: E402
+
+
+def loop(model, opt, batches, groups=None, lam=1e-4):
+    """Seconds per step."""
+    crit = torch.nn.CrossEntropyLoss()
+    model.train()
+    t = time.perf_counter()
+    for x, y in batches:
+        loss = crit(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if groups is not None:
+            reset_gradients(groups, lam)
+        opt.step()
+    return (time.perf_counter() - t) / len(batches)
+
+
+def mask_update_seconds(arch, repeats=5):
+    model, graph, groups = resrep_model(arch)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for pg in groups:
+            for c in pg.compactors():
+                c.pwc.weight.add_(torch.randn(c.pwc.weight.shape, generator=g))
+    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(flops_target=0.455, begin_granularity=10**9))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        hook.update_masks()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-a", "--arch", default="src56")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args(argv)
+    train, _ = make_loaders("cifar10-mini", None, args.batch_size, "cpu", 0, 1, 0, 0)
+    batches = [b for _, b in zip(range(args.steps), train.batches())]
+    torch.manual_seed(0)
+    plain = build_model(args.arch)
+    model, graph, groups = resrep_model(args.arch)
+    ResRepHook(graph, model.deps, groups, ResRepConfig(begin_granularity=10**9)).update_masks()
+    cfg = TrainConfig(lr=0.01)
+    plain_opt = torch.optim.SGD(param_groups(plain, cfg), lr=cfg.lr, momentum=cfg.momentum)
+    rr_opt = torch.optim.SGD(param_groups(model, cfg, compactor_rule(groups)), lr=cfg.lr, momentum=cfg.momentum)
+    loop(plain, plain_opt, batches[:2]), loop(model, rr_opt, batches[:2], groups)  # warm-up
+    p_times, r_times = [], []
+    for _ in range(args.repeats):
+        p_times.append(loop(plain, plain_opt, batches))
+        r_times.append(loop(model, rr_opt, batches, groups))
+    result = {"arch": args.arch, "threads": torch.get_num_threads(), "batch": args.batch_size, "steps": len(batches),
+              "plain_s_per_step": statistics.median(p_times), "resrep_s_per_step": statistics.median(r_times),
+              "sres50_mask_update_s": mask_update_seconds("sres50")}
+    result["ratio"] = result["resrep_s_per_step"] / result["plain_s_per_step"]
+    print(f"{args.arch} batch {args.batch_size} on cpu ({result['threads']} threads), {len(batches)} steps x "
+          f"{args.repeats}: plain {result['plain_s_per_step'] * 1e3:.1f} ms/step, ResRep "
+          f"{result['resrep_s_per_step'] * 1e3:.1f} ms/step, ratio {result['ratio']:.3f}; "
+          f"sres50 mask update {result['sres50_mask_update_s'] * 1e3:.1f} ms")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

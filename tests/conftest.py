@@ -1,3 +1,5 @@
+import contextlib
+
 import torch
 from torch import nn
 
@@ -45,3 +47,39 @@ def random_deps(graph, rng, low=0.3):
         for p in g.producers:
             deps[p.index] = w
     return deps
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_ranks(worker, *args, world=2):
+    """Run worker(rank, world, *args) in `world` processes with torchrun's environment (CPU, env://)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_as_rank, args=(world, free_port(), worker, args), nprocs=world, join=True)
+
+
+def _as_rank(rank, world, port, worker, args):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    worker(rank, world, *args)
+
+
+@contextlib.contextmanager
+def gloo_group():
+    """The process group of a spawned rank (gloo on CPU), torn down on exit."""
+    from utils import dist
+
+    ctx = dist.setup("cpu")
+    try:
+        yield ctx
+    finally:
+        dist.cleanup()

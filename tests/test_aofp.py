@@ -1,19 +1,17 @@
 """AOFP: the binary search, the damage probe, exact pruning, resume, two ranks, the entry script."""
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from aofp import do_aofp
 from aofp.hook import AOFPSearch
 from aofp.prune import pruned_model, zero_pruned
 from aofp.search import LayerSearch, start_steps
 from base_model import build_model
-from tests.conftest import example_input, random_model
+from tests.conftest import example_input, random_model, gloo_group, spawn_ranks
 from utils import dist
 from utils.channel_graph import arch_graph
 from utils.checkpoint import CheckpointError
@@ -200,28 +198,16 @@ def test_resumed_search_equals_uninterrupted(tmp_path, whole):
         search_run(tmp_path / "cut", half_zero_model(), max_steps=1500, thresh=0.02)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = dist.setup("cpu")
-    try:
+def _rank_worker(rank, world, out):
+    with gloo_group() as ctx:
         graph = arch_graph("src20")
         groups = [graph.group_of(LAYER).id, graph.group_of("stage2.block0.conv1.conv").id]
         trainer, hook = search_run(out, half_zero_model(), ctx, groups=groups, max_steps=40, flops_target=None)
         torch.save({"search": hook.state_dict(), "step": trainer.step}, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.cleanup()
 
 
 def test_two_gloo_processes_make_the_same_decisions(tmp_path):
-    mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_rank_worker, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["search"]["moves"] and r0["search"]["moves"] == r1["search"]["moves"]
     for a, b in zip(r0["search"]["layers"], r1["search"]["layers"]):

@@ -2,11 +2,9 @@
 import copy
 import os
 import random
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from base_model import build_model
 from conftest import example_input, random_model
@@ -23,6 +21,7 @@ from utils.data import make_loaders
 from utils.engine import TrainConfig, Trainer, param_groups
 from utils.flops import count
 from utils.store import read_hdf5, save_hdf5
+from tests.conftest import spawn_ranks
 
 SMOKE = ["--data", "synthetic", "--batch-size", "32", "--lr", "0.1", "--milestones", "100", "--eval-every", "100",
          "--device", "cpu", "--deterministic"]
@@ -342,16 +341,7 @@ def test_resume_continues_with_the_runs_own_clusters(tmp_path):
         assert torch.equal(whole[k], resumed[k]), k
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, base, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _ddp_worker(rank, world, base, out):
     # Each rank is given another k-means seed: the clusters must still be rank 0's.
     argv = ["-a", "src20", "-i", "0", "--init", base, "--models-dir", out, *SMOKE, "--epochs", "1",
             "--max-steps", "2", "--cluster-seed", str(rank)]
@@ -361,7 +351,7 @@ def _ddp_worker(rank, world, port, base, out):
 
 
 def test_two_gloo_processes_share_clusters_and_weights(base_file, tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), base_file, str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_ddp_worker, base_file, str(tmp_path))
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert a["clusters"] == b["clusters"]
     for k in a["state"]:

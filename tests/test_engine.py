@@ -1,17 +1,16 @@
 """The training engine: parameter groups, schedules, DDP over gloo, NaN stop, hooks."""
 import math
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from base_model import build_model
 from utils import dist
 from utils.data import make_loaders
 from utils.engine import Hook, NonFiniteLossError, TrainConfig, Trainer, lr_factor, param_groups
+from tests.conftest import gloo_group, spawn_ranks
 
 
 class TinyNet(nn.Module):
@@ -125,29 +124,17 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         tiny_run(tmp_path, epochs=1, lr=0.1)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = dist.setup("cpu")
-    try:
+def _ddp_worker(rank, world, out):
+    with gloo_group() as ctx:
         trainer, metrics = tiny_run(out, ctx)
         torch.save({"state": trainer.model.state_dict(), "metrics": metrics}, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.cleanup()
 
 
 def test_two_gloo_processes_equal_one(tmp_path):
     torch.set_num_threads(1)
     one, metrics = tiny_run(tmp_path / "one")
     os.makedirs(tmp_path / "two")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    spawn_ranks(_ddp_worker, str(tmp_path / "two"))
     r0, r1 = (torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1))
     for k, v in r0["state"].items():
         assert torch.equal(v, r1["state"][k]), k  # DDP keeps the ranks identical

@@ -2,13 +2,11 @@
 import math
 import os
 import random
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from base_model import build_model
 from rr import exp_resrep
@@ -16,7 +14,7 @@ from rr.compactor import Compactor, PrunedGroup, compactor_rule, graph_at, inser
 from rr.convert import convert_state, pruned_row_norm, zero_masked_rows
 from rr.masks import MacsCounter, group_deps, select_masks
 from rr.resrep import ResRepConfig, ResRepHook, reset_gradients
-from tests.conftest import TEST_INPUT, example_input, random_model
+from tests.conftest import TEST_INPUT, example_input, random_model, gloo_group, spawn_ranks
 from utils import dist
 from utils.channel_graph import arch_graph
 from utils.cli import run_main
@@ -265,18 +263,8 @@ def test_conversion_is_exact_after_training_with_masks(arch, tmp_path):
 
 # --- two processes --------------------------------------------------------------------------------
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = dist.setup("cpu")
-    try:
+def _ddp_worker(rank, world, out):
+    with gloo_group() as ctx:
         torch.manual_seed(0)
         model = build_model("src20")
         graph = graph_at(arch_graph("src20"), model.deps)
@@ -287,12 +275,10 @@ def _ddp_worker(rank, world, port, out):
                                                                   begin_granularity=5, lasso_strength=0.01))
         Trainer(cfg, model, train, val, ctx, hooks=[hook], param_rule=compactor_rule(groups)).train_one_epoch(0)
         torch.save({pg.id: pg.masked() for pg in groups}, os.path.join(out, f"masks{rank}.pt"))
-    finally:
-        dist.cleanup()
 
 
 def test_two_gloo_processes_choose_the_same_masks(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_ddp_worker, str(tmp_path))
     m0, m1 = (torch.load(tmp_path / f"masks{r}.pt") for r in (0, 1))
     assert m0 == m1 and sum(map(len, m0.values())) == 15  # three updates of 5 rows
 

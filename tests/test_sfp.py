@@ -1,18 +1,16 @@
 """SFP: the zeroing picks the weakest filters, they stay soft, the small model equals the zeroed one,
 ranks agree, a run resumes, bad input is refused, and SFP's FLOPs formula gives the paper's numbers."""
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from base_model import build_model
 from sfp import do_sfp
 from sfp.convert import small_model
 from sfp.flops import sfp_cifar_flops, sfp_cifar_reduction
 from sfp.zeroing import SoftFilterZeroing, choose, num_pruned, select_groups, zero_filters
-from tests.conftest import example_input, random_model
+from tests.conftest import example_input, random_model, gloo_group, spawn_ranks
 from utils import dist
 from utils.channel_graph import arch_graph
 from utils.data import make_loaders
@@ -124,27 +122,15 @@ def test_resume_continues_the_zeroing_schedule(tmp_path):
     assert hook2.pruned == whole.hooks[0].pruned and m_again == m_whole
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = dist.setup("cpu")
-    try:
+def _ddp_worker(rank, world, out):
+    with gloo_group() as ctx:
         trainer, hook, _ = tiny_run(out, ctx, epochs=1, rate=0.5)
         params = {k: v.detach() for k, v in trainer.model.named_parameters()}  # BN statistics are per rank
         torch.save({"pruned": hook.pruned, "params": params}, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.cleanup()
 
 
 def test_two_gloo_processes_zero_the_same_filters(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_ddp_worker, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["pruned"] == r1["pruned"] and sum(map(len, r0["pruned"].values())) > 0
     for k, v in r0["params"].items():

@@ -1,1 +1,1 @@
-"""AOFP: binary-search masking with accumulated damage (see ../shared/specs/aofp_sfp.md, part A)."""
+"""AOFP: binary-search masking with accumulated damage (Ding et al., ICML 2019; see the README)."""

@@ -11,7 +11,7 @@ centripetal update, then merges each cluster into one filter and writes, under
     pruned.hdf5     the converted narrow net (+deps)     log.txt, tb/, config.json, checkpoint.pth
 
 A finished iteration (pruned.hdf5 present) is not redone; an interrupted one resumes when re-run.
-Every default below is the original's recipe (../shared/specs/csgd.md, section 3.5); every flag overrides.
+Every default below is the original code's recipe; every flag overrides.
 """
 import os
 import sys

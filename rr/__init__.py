@@ -1,1 +1,1 @@
-"""ResRep: compactors, gradient resetting, mask selection, conversion (see ../shared/specs/resrep.md)."""
+"""ResRep: compactors, gradient resetting, mask selection, conversion (Ding et al., ICCV 2021; see the README)."""

@@ -1,1 +1,1 @@
-"""SFP: soft filter zeroing every epoch (see ../shared/specs/aofp_sfp.md, part B)."""
+"""SFP: soft filter zeroing every epoch (He et al., IJCAI 2018; see the README)."""

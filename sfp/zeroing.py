@@ -3,7 +3,7 @@
 Nothing is frozen: zeroed filters keep their optimizer momentum, so they move off zero on the next
 step and may win their place back at the next zeroing (the set is re-chosen from the current norms).
 
-Differences from he-y/soft-filter-pruning (see ../shared/specs/aofp_sfp.md, part B):
+Differences from the original code (he-y/soft-filter-pruning):
 - Filters are ranked per channel *group*, not per conv. A residual-tied group (every conv feeding one
   residual sum) is ranked once, by the summed L2 norms of its convs, and the same channels are zeroed
   in all of them, so the small model is truly narrower. The original zeroes every conv on its own

@@ -1,7 +1,7 @@
-"""Build the embedded CIFAR-10 subset: `python utils/datasets/make_cifar10_mini.py`.
+"""Build the embedded CIFAR-10 subset: `python utils/datasets/make_cifar10_mini.py --source ARCHIVE`.
 
 Reads the image-folder archive of the real CIFAR-10 (`cifar10/train/<class>/NNNN.jpg`,
-`cifar10/test/<class>/NNNN.jpg`; by default ../shared/data/cifar10-jpeg.tar.gz) and keeps the
+`cifar10/test/<class>/NNNN.jpg`, e.g. the project's cifar10-jpeg.tar.gz) and keeps the
 first 500 training and 100 test files per class, by sorted file name, so the choice is balanced and
 the same every time. The JPEG bytes are copied unchanged (no re-encoding loss) into a tar.gz with
 the same layout under `cifar10-mini/`, written byte-for-byte reproducibly (zeroed times and
@@ -15,7 +15,6 @@ import tarfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-DEFAULT_SOURCE = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 DEFAULT_OUTPUT = os.path.join(HERE, "cifar10-mini.tar.gz")
 SPLITS = ("train", "test")
 
@@ -57,7 +56,7 @@ def write_archive(path, members):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", default=DEFAULT_SOURCE, help="CIFAR-10 image-folder archive")
+    p.add_argument("--source", required=True, help="CIFAR-10 image-folder archive (.tar.gz)")
     p.add_argument("--output", default=DEFAULT_OUTPUT)
     p.add_argument("--train-per-class", type=int, default=500)
     p.add_argument("--test-per-class", type=int, default=100)

@@ -23,7 +23,7 @@ from aofp.prune import pruned_model, zero_pruned  # noqa: E402
 from base_model import build_model, get_arch  # noqa: E402
 from utils import dist  # noqa: E402
 from utils.channel_graph import arch_graph_at  # noqa: E402
-from utils.cli import add_train_args, run_main, train_config  # noqa: E402
+from utils.cli import add_train_args, base_weights, run_main, train_config  # noqa: E402
 from utils.data import make_loaders  # noqa: E402
 from utils.engine import Trainer, evaluate  # noqa: E402
 from utils.report import conversion_summary, max_logit_diff  # noqa: E402
@@ -39,14 +39,6 @@ DEFAULT_TARGET = 0.50
 ITERS_PER_HALF = 1000  # steps per half of the binary search
 THRESH = 0.01  # a half is harmless when every filter's mean damage t is below this
 WARMUP = 500  # plain training steps before the first layer starts its search
-
-
-def default_base(arch):
-    """(path, the command that makes it) of the base weights an arch starts from."""
-    if arch.startswith("sres"):
-        depth = arch[len("sres"):]
-        return f"torchvision_res{depth}.hdf5", "python transform_torchvision.py" + ("" if depth == "50" else f" -a {arch}")
-    return f"{arch}_train/finish.hdf5", f"python train_base_model.py -a {arch}"
 
 
 def parse(argv=None):
@@ -88,7 +80,7 @@ def check_args(args):
         raise ValueError(f"--warmup-iters {args.warmup_iters}: must not be negative")
     if args.ft_epochs < 1 or args.ft_lr <= 0 or args.ft_batch_size < 1:
         raise ValueError("--ft-epochs, --ft-lr and --ft-batch-size must be positive")
-    path, command = default_base(args.arch)
+    path, command = base_weights(args.arch)
     if args.base is None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no base model at {path}: make it with `{command}` (or pass --base FILE)")

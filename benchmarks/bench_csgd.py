@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from base_model import build_model  # noqa: E402
+from benchmarks.timing import seconds_per_step, sync  # noqa: E402
 from csgd.centripetal import CentripetalHook  # noqa: E402
 from csgd.clustering import cluster_groups  # noqa: E402
 from utils.channel_graph import arch_graph_at  # noqa: E402
@@ -28,28 +29,6 @@ from utils.channel_graph import arch_graph  # noqa: E402
 from utils.data import make_loaders  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 from utils.engine import TrainConfig, param_groups  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def loop(model, opt, batches, device, hook=None):
-    """Seconds per step."""
-    crit = torch.nn.CrossEntropyLoss()
-    model.train()
-    sync(device)
-    t = time.perf_counter()
-    for x, y in batches:
-        loss = crit(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if hook is not None:
-            hook.apply()
-        opt.step()
-    sync(device)
-    return (time.perf_counter() - t) / len(batches)
 
 
 def update_alone(hook, device, repeats=20):
@@ -85,11 +64,12 @@ def main(argv=None):
     hook = CentripetalHook(graph, clusters, 3e-3, cfg.weight_decay, cfg.bn_weight_decay).bind(csgd_model)
     plain_opt = torch.optim.SGD(param_groups(plain_model, cfg), lr=cfg.lr, momentum=cfg.momentum)
     csgd_opt = torch.optim.SGD(param_groups(csgd_model, cfg, hook.param_rule), lr=cfg.lr, momentum=cfg.momentum)
-    loop(plain_model, plain_opt, batches[:2], device), loop(csgd_model, csgd_opt, batches[:2], device, hook)  # warm-up
+    seconds_per_step(plain_model, plain_opt, batches[:2], device)
+    seconds_per_step(csgd_model, csgd_opt, batches[:2], device, hook.apply)  # warm-up
     plain, csgd = [], []
     for _ in range(args.repeats):
-        plain.append(loop(plain_model, plain_opt, batches, device))
-        csgd.append(loop(csgd_model, csgd_opt, batches, device, hook))
+        plain.append(seconds_per_step(plain_model, plain_opt, batches, device))
+        csgd.append(seconds_per_step(csgd_model, csgd_opt, batches, device, hook.apply))
     result = {"arch": args.arch, "device": str(device), "threads": torch.get_num_threads(), "batch": args.batch_size,
               "steps": len(batches), "repeats": args.repeats, "clustered_groups": len(clusters),
               "clustered_tensors": len(hook.entries), "plain_s_per_step": statistics.median(plain),

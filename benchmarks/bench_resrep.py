@@ -19,25 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from base_model import build_model  # noqa: E402
+from benchmarks.timing import seconds_per_step  # noqa: E402
 from rr.compactor import compactor_rule, resrep_model  # noqa: E402
 from rr.resrep import ResRepConfig, ResRepHook, reset_gradients  # noqa: E402
 from utils.data import make_loaders  # noqa: E402
 from utils.engine import TrainConfig, param_groups  # noqa: E402
-
-
-def loop(model, opt, batches, groups=None, lam=1e-4):
-    """Seconds per step."""
-    crit = torch.nn.CrossEntropyLoss()
-    model.train()
-    t = time.perf_counter()
-    for x, y in batches:
-        loss = crit(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if groups is not None:
-            reset_gradients(groups, lam)
-        opt.step()
-    return (time.perf_counter() - t) / len(batches)
 
 
 def mask_update_seconds(arch, repeats=5):
@@ -72,11 +58,12 @@ def main(argv=None):
     cfg = TrainConfig(lr=0.01)
     plain_opt = torch.optim.SGD(param_groups(plain, cfg), lr=cfg.lr, momentum=cfg.momentum)
     rr_opt = torch.optim.SGD(param_groups(model, cfg, compactor_rule(groups)), lr=cfg.lr, momentum=cfg.momentum)
-    loop(plain, plain_opt, batches[:2]), loop(model, rr_opt, batches[:2], groups)  # warm-up
+    reset = lambda: reset_gradients(groups, 1e-4)  # noqa: E731
+    seconds_per_step(plain, plain_opt, batches[:2]), seconds_per_step(model, rr_opt, batches[:2], after_backward=reset)  # warm-up
     p_times, r_times = [], []
     for _ in range(args.repeats):
-        p_times.append(loop(plain, plain_opt, batches))
-        r_times.append(loop(model, rr_opt, batches, groups))
+        p_times.append(seconds_per_step(plain, plain_opt, batches))
+        r_times.append(seconds_per_step(model, rr_opt, batches, after_backward=reset))
     result = {"arch": args.arch, "threads": torch.get_num_threads(), "batch": args.batch_size, "steps": len(batches),
               "plain_s_per_step": statistics.median(p_times), "resrep_s_per_step": statistics.median(r_times),
               "sres50_mask_update_s": mask_update_seconds("sres50")}

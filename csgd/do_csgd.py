@@ -32,7 +32,7 @@ from csgd.schedule import (ROUNDINGS, SCOPES, Schedule, default_schedule, group_
                            target_deps)
 from utils import dist  # noqa: E402
 from utils.channel_graph import arch_graph  # noqa: E402
-from utils.cli import add_train_args, run_main, train_config  # noqa: E402
+from utils.cli import add_train_args, base_weights, run_main, train_config  # noqa: E402
 from utils.data import make_loaders  # noqa: E402
 from utils.engine import Trainer, evaluate  # noqa: E402
 from utils.flops import count  # noqa: E402
@@ -46,10 +46,6 @@ RECIPES = {  # per C-SGD iteration
 STRENGTH = {"cifar10": 3e-3, "imagenet": 0.05}  # eps, the original's centri_strength
 MODELS_DIR = "csgd_models"
 LOGIT_BATCHES = 4  # validation batches the conversion proof compares logits on
-
-
-def base_path(arch):
-    return "torchvision_res50.hdf5" if arch == "sres50" else os.path.join(f"{arch}_train", "finish.hdf5")
 
 
 def itr_dir(models_dir, arch, k):
@@ -96,7 +92,7 @@ def init_path(args, spec):
             raise FileNotFoundError(f"{prev} is missing: iteration {args.itr} starts from iteration {args.itr - 1}; "
                                     f"run `python csgd/do_csgd.py -a {args.arch} -i {args.itr - 1}` first")
         return prev
-    path = base_path(args.arch)
+    path, make = base_weights(args.arch)
     if os.path.exists(path):
         return path
     if spec.dataset == "cifar10" and args.train_base:
@@ -108,7 +104,6 @@ def init_path(args, spec):
             argv += ["--data-root", args.data_root]
         train_base_model.main(argv)
         return path
-    make = "python transform_torchvision.py" if args.arch == "sres50" else f"python train_base_model.py -a {args.arch}"
     raise FileNotFoundError(f"{path} (the base model) is missing: make it with `{make}`, or pass --init")
 
 

@@ -21,7 +21,7 @@ from rr.convert import SMALL_NORM, convert_state, pruned_row_norm, zero_masked_r
 from rr.resrep import ResRepConfig, ResRepHook  # noqa: E402
 from utils import dist  # noqa: E402
 from utils.channel_graph import arch_graph  # noqa: E402
-from utils.cli import add_train_args, run_main, train_config  # noqa: E402
+from utils.cli import add_train_args, base_weights, run_main, train_config  # noqa: E402
 from utils.data import make_loaders  # noqa: E402
 from utils.engine import Hook, Trainer, evaluate  # noqa: E402
 from utils.report import conversion_summary, max_logit_diff  # noqa: E402
@@ -38,15 +38,6 @@ RECIPES = {
 }
 BEFORE_MASK_EPOCHS = 5  # no masks in the first 5 epochs: 5*50000//64 = 3906 steps for src56
 RESREP_DEFAULTS = ResRepConfig()
-
-
-def default_init(arch):
-    """(path, the command that makes it) of the base weights an arch starts from."""
-    if arch.startswith("sres"):
-        depth = arch[len("sres"):]
-        cmd = "python transform_torchvision.py" + ("" if depth == "50" else f" -a {arch}")
-        return f"torchvision_res{depth}.hdf5", cmd
-    return f"{arch}_train/finish.hdf5", f"python train_base_model.py -a {arch}"
 
 
 def parse(argv=None):
@@ -135,7 +126,7 @@ def main(argv=None):
     ctx = dist.setup(args.device, args.local_rank)
     try:
         torch.manual_seed(cfg.seed)
-        init, make_cmd = default_init(args.arch)
+        init, make_cmd = base_weights(args.arch)
         init = args.init or init
         model = load_base(args.arch, init, make_cmd)
         graph = graph_at(arch_graph(args.arch, spec.num_classes), model.deps)

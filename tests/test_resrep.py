@@ -17,7 +17,7 @@ from rr.resrep import ResRepConfig, ResRepHook, reset_gradients
 from tests.conftest import TEST_INPUT, example_input, random_model, gloo_group, spawn_ranks
 from utils import dist
 from utils.channel_graph import arch_graph
-from utils.cli import run_main
+from utils.cli import base_weights, run_main
 from utils.data import make_loaders
 from utils.engine import TrainConfig, Trainer, param_groups
 from utils.flops import count
@@ -356,7 +356,7 @@ def test_default_init_names_the_command_that_makes_it(tmp_path, capsys, monkeypa
         with pytest.raises(SystemExit):
             run_main(lambda: exp_resrep.main(["-a", arch, "--device", "cpu"]))
         err = capsys.readouterr().err
-        assert cmd in err and exp_resrep.default_init(arch)[0] in err, err
+        assert cmd in err and base_weights(arch)[0] in err, err
 
 
 def test_script_runs_from_the_repo_root_without_pythonpath(tmp_path):

@@ -39,6 +39,15 @@ def add_train_args(p):
     return p
 
 
+def base_weights(arch):
+    """(path, the command that makes it) of the base weights every method starts from by default:
+    torchvision's import for the ImageNet ResNets, train_base_model.py's output otherwise."""
+    if arch.startswith("sres"):
+        depth = arch[len("sres"):]
+        return f"torchvision_res{depth}.hdf5", "python transform_torchvision.py" + ("" if depth == "50" else f" -a {arch}")
+    return f"{arch}_train/finish.hdf5", f"python train_base_model.py -a {arch}"
+
+
 def train_config(args, recipe, **extra):
     """TrainConfig from its defaults, then the recipe, then whatever the user passed."""
     fields = {f for f in TrainConfig.__dataclass_fields__}
@@ -53,10 +62,8 @@ def train_config(args, recipe, **extra):
 
 
 def run_main(main):
-    """Run a script's main(); known errors become one `error:` line and exit code 2."""
-    from base_model import DepsError  # noqa: F401  (a ValueError)
-
-    from .checkpoint import CheckpointError  # noqa: F401
+    """Run a script's main(); known errors (DepsError, CheckpointError, WeightFileError and data errors
+    are ValueErrors or FileNotFoundErrors) become one `error:` line and exit code 2."""
     from .engine import NonFiniteLossError
 
     try:

@@ -10,7 +10,7 @@ from conftest import example_input, random_model
 from test_channel_graph import FlattenNet
 from utils.channel_graph import arch_graph, build_channel_graph
 from utils.flops import count
-from utils.surgery import SurgeryError, fold, fuse_bn, fuse_bn_state, keep, merge, narrow
+from utils.surgery import SurgeryError, collapse, fold, fuse_bn, fuse_bn_state, keep, merge, narrow
 
 ARCHS = ["src56", "sres50", "vc"]
 PRUNABLE = ("internal", "residual", "stem")
@@ -85,6 +85,28 @@ def test_merge_identical_filters_is_exact(arch):
     narrow_state, deps = narrow(state, graph, decisions)
     after = logits(build_model(arch, deps), narrow_state, x)
     assert_same_logits(before, after)
+
+
+@pytest.mark.parametrize("arch", ["src56", "sres50"])
+def test_collapse_computes_what_the_merged_net_computes(arch):
+    # Members NOT identical: the cluster-averaged full-width net is what the merge turns narrow.
+    rng, graph = random.Random(3), arch_graph(arch)
+    model = random_model(arch)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    decisions = {g.id: merge(random_clusters(g, rng)) for g in graph.by_role(*PRUNABLE)}
+    x = example_input(arch)
+    raw = logits(model, state, x)
+    averaged = collapse(state, graph, decisions)
+    before = logits(model, averaged, x)
+    narrow_state, deps = narrow(state, graph, decisions)
+    after = logits(build_model(arch, deps), narrow_state, x)
+    assert_same_logits(before, after)
+    assert max_diff(raw, after) > 100 * max(1e-4, 1e-5 * raw.abs().max().item())  # the members did differ
+    for gid, d in decisions.items():
+        p = graph.groups[gid].producers[0]
+        c = max(d.clusters, key=len)
+        w = averaged[f"{p.conv}.weight"]
+        assert torch.equal(w[c], w[c[0]].expand_as(w[c]))
 
 
 def with_compactors(model, graph, compactors):

@@ -135,6 +135,24 @@ def narrow(state, graph, decisions):
     return out, deps
 
 
+def collapse(state, graph, decisions):
+    """The full-width state dict whose every cluster's filters (conv and BN rows) are replaced by the
+    cluster mean, consumers untouched: it computes exactly what `narrow` of the same decisions computes,
+    which proves a merge exact even before training has made the members identical."""
+    out = dict(state)
+    for gid, decision in decisions.items():
+        group = graph.groups[gid]
+        _check(decision, group)
+        a, s = _cluster_matrices(decision.clusters, group.width)
+        spread = s.T @ a  # each member's row becomes its cluster's mean; channels in no cluster become 0
+        for p in group.producers:
+            names = [f"{p.conv}.weight", f"{p.conv}.bias"] + ([f"{p.bn}.{k}" for k in BN_KEYS] if p.bn else [])
+            for name in names:
+                if name in out:
+                    out[name] = _mix_rows(spread, out[name])
+    return out
+
+
 def fuse_bn_state(state, graph):
     """Every conv+BN as a conv with bias (the deploy form): BN entries removed."""
     out = dict(state)

@@ -21,7 +21,7 @@ from utils.channel_graph import arch_graph  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 from utils.flops import count  # noqa: E402
 from utils.store import model_from_hdf5  # noqa: E402
-from utils.latency import measure  # noqa: E402
+from utils.latency import FORMS, measure  # noqa: E402
 
 
 def load(path=None, arch=None, deps=None):
@@ -40,6 +40,9 @@ def parse(argv=None):
     p.add_argument("--no-base", action="store_true", help="time the model alone")
     p.add_argument("--batches", default="1,64", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--repeats", type=int, default=20, help="timed passes; the median is reported")
+    p.add_argument("--warmup", type=int, default=5, help="untimed passes first")
+    p.add_argument("--forms", default="conv+bn,fused", type=lambda s: tuple(x for x in s.split(",") if x),
+                   help="conv+bn (as trained) and/or fused (BN folded, the deploy form)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--json", action="store_true", help="also print one JSON object with every number")
@@ -78,16 +81,19 @@ def main(argv=None):
         model, arch, deps = load(args.file, args.arch, args.deps)
         size = get_arch(arch).input_size
         graph = arch_graph(arch)
-        rows = {"model": measure(model, arch, size, device, args.batches, args.repeats)}
-        macs = {"model": count(graph, deps)[0]}
+        models, macs = {"model": model}, {"model": count(graph, deps)[0]}
         if not args.no_base:
             base, _, base_deps = load(args.base, arch, None if args.base else default_deps(arch))
-            rows["base"] = measure(base, arch, size, device, args.batches, args.repeats)
-            macs["base"] = count(graph, base_deps)[0]
+            models["base"], macs["base"] = base, count(graph, base_deps)[0]
+        bad = [f for f in args.forms if f not in FORMS]
+        if bad or not args.forms:
+            raise ValueError(f"--forms {','.join(args.forms)}: choose from {', '.join(FORMS)}")
+        rows = measure(models, arch, size, device, args.batches, args.repeats, args.forms, warmup=args.warmup)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{arch} on {device} ({torch.get_num_threads()} threads), input {size}x{size}, median of {args.repeats}")
+    print(f"{arch} on {device} ({torch.get_num_threads()} threads), input {size}x{size}, median of {args.repeats}"
+          + (", model and base timed in turns" if "base" in rows else ""))
     lines, entries = table(arch, rows, macs)
     print("\n".join(lines))
     if args.json:

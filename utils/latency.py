@@ -13,30 +13,45 @@ from .surgery import fuse_bn
 FORMS = ("conv+bn", "fused")
 
 
+def _timer(device):
+    """A function that runs fn() once and returns its milliseconds (CUDA events on CUDA)."""
+    if device.type == "cuda":
+        def run(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+    else:
+        def run(fn):
+            t0 = time.perf_counter()
+            fn()
+            return 1000 * (time.perf_counter() - t0)
+    return run
+
+
 @torch.no_grad()
-def latency_ms(model, batch, size, device, dtype=torch.float32, warmup=5, repeats=20):
-    """Median milliseconds per forward pass of a (batch, 3, size, size) input."""
+def interleaved_ms(models, batch, size, device, dtype=torch.float32, warmup=5, repeats=20):
+    """{name: median ms per forward pass} of a (batch, 3, size, size) input. The models take turns pass
+    by pass, so a change in the machine's speed (another job, clock scaling) hits them all alike."""
     device = torch.device(device)
-    model = model.to(device).eval()
+    models = {k: m.to(device).eval() for k, m in models.items()}
     x = torch.randn(batch, 3, size, size, device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16 and device.type == "cuda")
-    times = []
+    timer, times = _timer(device), {k: [] for k in models}
     with amp:
         for i in range(warmup + repeats):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(x)
-                end.record()
-                torch.cuda.synchronize()
-                t = start.elapsed_time(end)
-            else:
-                t0 = time.perf_counter()
-                model(x)
-                t = 1000 * (time.perf_counter() - t0)
-            if i >= warmup:
-                times.append(t)
-    return statistics.median(times)
+            for k, m in models.items():
+                t = timer(lambda: m(x))
+                if i >= warmup:
+                    times[k].append(t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def latency_ms(model, batch, size, device, dtype=torch.float32, warmup=5, repeats=20):
+    """Median milliseconds per forward pass of one model."""
+    return interleaved_ms({"model": model}, batch, size, device, dtype, warmup, repeats)["model"]
 
 
 def deploy_form(model, arch, num_classes=None):
@@ -47,15 +62,18 @@ def deploy_form(model, arch, num_classes=None):
     return fuse_bn(fused, arch_graph(arch, num_classes))
 
 
-def measure(model, arch, size, device, batches=(1, 64), repeats=20, forms=FORMS, num_classes=None):
-    """{(form, dtype, batch): median ms} for the conv+BN and BN-fused forms; bf16 too on CUDA."""
+def measure(models, arch, size, device, batches=(1, 64), repeats=20, forms=FORMS, num_classes=None, warmup=5):
+    """{name: {(form, dtype, batch): median ms}} for {name: model} of one arch, timed interleaved, in the
+    conv+BN and BN-fused forms; bf16 too on CUDA."""
     device = torch.device(device)
-    models = {"conv+bn": model, "fused": deploy_form(model, arch, num_classes) if "fused" in forms else None}
+    by_form = {"conv+bn": models}
+    if "fused" in forms:
+        by_form["fused"] = {k: deploy_form(m, arch, num_classes) for k, m in models.items()}
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
-    out = {}
+    out = {k: {} for k in models}
     for form in forms:
         for dt in dtypes:
             for b in batches:
-                out[(form, str(dt).removeprefix("torch."), b)] = latency_ms(models[form], b, size, device, dt,
-                                                                          repeats=repeats)
+                for k, ms in interleaved_ms(by_form[form], b, size, device, dt, warmup, repeats).items():
+                    out[k][(form, str(dt).removeprefix("torch."), b)] = ms
     return out

@@ -1,0 +1,340 @@
+"""Compare the four methods on one base network at one MACs target: `python compare_methods.py`.
+
+Trains a base network (src20 on the embedded cifar10-mini by default), prunes it with ResRep, C-SGD,
+AOFP and SFP to the same fraction of its MACs (`--macs-target`, each method as close as it allows,
+all on the internal layers), converts each to a physically narrower network through each method's own
+entry script, reads every converted file back, evaluates it, times it (BN fused) and writes under the
+output folder (default compare_models/{arch}_{data}/):
+
+    comparison.md    the table: accuracy before/after conversion, MACs, params, latency, logit diff
+    comparison.png   top-1 against MACs, one point per method and the base
+    comparison.json  every number, the settings and the command of each stage
+    base/ resrep/ csgd/ aofp/ sfp/   each stage's own folder (hdf5 files, log.txt, checkpoints)
+    onnx/            with --onnx: every network as ONNX (BN fused), checked in ONNX Runtime
+
+Budgets: `demo` (default on cifar10-mini and synthetic: minutes on a laptop CPU), `paper` (default
+otherwise: each method's own recipe, e.g. `--data cifar10 -a src56`), `smoke` (a few steps per stage).
+A finished stage is not redone; an interrupted one resumes when the same command is re-run.
+"""
+import argparse
+import os
+import shlex
+import sys
+import time
+
+import torch
+
+import train_base_model
+from aofp import do_aofp
+from base_model import default_deps, get_arch
+from csgd import do_csgd
+from csgd.schedule import SCOPES, Schedule, parse_ratios, target_deps
+from rr import exp_resrep
+from sfp import do_sfp
+from sfp.zeroing import num_pruned
+from utils import dist
+from utils.channel_graph import arch_graph
+from utils.cli import base_weights, run_main
+from utils.compare import EXACT_TOL, plot, report_markdown, write_json, write_text
+from utils.data import make_loaders
+from utils.engine import evaluate
+from utils.flops import count
+from utils.latency import measure
+from utils.store import model_from_hdf5, read_hdf5
+
+METHODS = ("resrep", "csgd", "aofp", "sfp")
+LABELS = {"base": "base", "resrep": "ResRep", "csgd": "C-SGD", "aofp": "AOFP", "sfp": "SFP"}
+SCRIPTS = {"base": "train_base_model.py", "resrep": "rr/exp_resrep.py", "csgd": "csgd/do_csgd.py",
+           "aofp": "aofp/do_aofp.py", "sfp": "sfp/do_sfp.py"}
+
+# Extra flags of each stage per budget (the method's own defaults fill the rest). `demo` is sized for
+# src20 on cifar10-mini (78 steps of 64 images an epoch): 10 base epochs, then 6 epochs per method (AOFP:
+# a search of at most 4 epochs, then 2 of fine-tuning), with each method's schedule compressed to fit.
+BUDGETS = {
+    "paper": {"base": [], "resrep": [], "csgd": [], "aofp": [], "sfp": []},
+    "demo": {
+        "base": ["--epochs", "10"],
+        # masks from step 39, 32 more rows every 10 steps (the target is met near step 100), and lr 0.03 so
+        # the masked rows decay in 6 epochs rather than 480
+        "resrep": ["--epochs", "6", "--lr", "0.03", "--before-mask-iters", "39", "--mask-interval", "10",
+                   "--begin-granularity", "32", "--lasso-strength", "5e-3"],
+        # eps 100x the paper's so clusters collapse in 6 epochs rather than 600
+        "csgd": ["--epochs", "6", "--milestones", "4", "--eps", "0.3", "--vector-factor", "1"],
+        # halves of 10 steps rather than 1000, a half is pruned when its damage is below 0.1
+        "aofp": ["--epochs", "4", "--iters-per-half", "10", "--warmup-iters", "10", "--thresh", "0.1",
+                 "--ft-epochs", "2"],
+        # from the trained base: lr 0.01 and batch 64 as the others; zeroed channels stay zero, BN included
+        # (`end`, the default, lets them regrow on their BN bias, which 6 epochs cannot undo: 21 % here)
+        "sfp": ["--epochs", "6", "--lr", "0.01", "--batch-size", "64", "--warmup-epochs", "0", "--bn-zero", "always"],
+    },
+    "smoke": {
+        "base": ["--epochs", "1", "--max-steps", "3"],
+        "resrep": ["--epochs", "1", "--max-steps", "3", "--before-mask-iters", "0", "--mask-interval", "1",
+                   "--begin-granularity", "1000"],
+        "csgd": ["--epochs", "1", "--max-steps", "3"],
+        "aofp": ["--epochs", "1", "--max-steps", "40", "--iters-per-half", "1", "--warmup-iters", "0",
+                 "--thresh", "1e9", "--ft-epochs", "1", "--ft-max-steps", "2"],
+        "sfp": ["--epochs", "1", "--max-steps", "3"],
+    },
+}
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-a", "--arch", default="src20", help="the base network (default %(default)s)")
+    p.add_argument("--data", default="cifar10-mini", help="cifar10-mini (embedded; default), cifar10, imagenet, synthetic")
+    p.add_argument("--data-root", help="dataset folder or archive (cifar10, imagenet)")
+    p.add_argument("--macs-target", type=float, default=0.5, help="fraction of the base MACs to keep (default %(default)s)")
+    p.add_argument("--budget", choices=list(BUDGETS), help="demo on cifar10-mini/synthetic, paper otherwise")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: all four)")
+    p.add_argument("--extra", action="append", default=[], metavar="STAGE=FLAGS",
+                   help="more flags for one stage's script, after the budget's (later flags win), e.g. "
+                        "--extra 'resrep=--epochs 2 --lr 0.02'; stages: base, " + ", ".join(METHODS))
+    p.add_argument("--base", help="an existing base hdf5 (skips training the base)")
+    p.add_argument("-o", "--output", help="folder for everything (default compare_models/{arch}_{data})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--onnx", action="store_true", help="also export every network as ONNX and check it in ONNX Runtime")
+    p.add_argument("--latency-repeats", type=int, default=20, help="timed passes per latency (median)")
+    args = p.parse_args(argv)
+    get_arch(args.arch)
+    if not 0 < args.macs_target < 1:
+        raise ValueError(f"--macs-target {args.macs_target}: the fraction of the MACs to keep must be in (0, 1)")
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad or not args.methods:
+        raise ValueError(f"--methods {','.join(bad) or '(none)'}: choose from {', '.join(METHODS)}")
+    args.extra = parse_extra(args.extra)
+    args.budget = args.budget or ("demo" if args.data in ("cifar10-mini", "synthetic") else "paper")
+    args.output = args.output or os.path.join("compare_models", f"{args.arch}_{args.data}")
+    if args.base and not os.path.isfile(args.base):
+        raise FileNotFoundError(f"--base {args.base}: no such file")
+    return args
+
+
+def parse_extra(items):
+    """['resrep=--epochs 2', ...] -> {'resrep': ['--epochs', '2'], ...}"""
+    extra = {}
+    for item in items:
+        stage, sep, flags = item.partition("=")
+        if not sep or stage not in ("base", *METHODS):
+            raise ValueError(f"--extra {item!r}: expected STAGE=FLAGS with STAGE one of base, {', '.join(METHODS)}")
+        extra.setdefault(stage, []).extend(shlex.split(flags))
+    return extra
+
+
+# --- matching the MACs target ----------------------------------------------------------------------
+def closest(candidates, arch, target):
+    """(value, deps) among (value, deps) pairs whose MACs ratio is nearest the target (ties: fewer MACs)."""
+    graph = arch_graph(arch)
+    base = count(graph, default_deps(arch))[0]
+    return min(candidates, key=lambda c: (abs(count(graph, c[1])[0] / base - target), count(graph, c[1])[0]))
+
+
+def csgd_ratio(arch, target):
+    """The width ratio (in hundredths) of C-SGD's internal layers whose MACs come nearest the target."""
+    graph = arch_graph(arch)
+    cands = [(f"{i / 100:g}", target_deps(arch, graph, Schedule((parse_ratios(f"{i / 100:g}")[0],), "internal",
+                                                                 "floor"), 0)) for i in range(1, 100)]
+    return closest(cands, arch, target)
+
+
+def sfp_rate(arch, target):
+    """SFP's keep rate (in hundredths) on the internal groups whose MACs come nearest the target."""
+    graph = arch_graph(arch)
+    cands = []
+    for i in range(1, 101):
+        deps = list(default_deps(arch))
+        for g in graph.by_role(*SCOPES["internal"]):
+            for p in g.producers:
+                deps[p.index] = g.width - num_pruned(g.width, i / 100)
+        cands.append((f"{i / 100:g}", deps))
+    return closest(cands, arch, target)
+
+
+# --- the stages -----------------------------------------------------------------------------------
+class Stages:
+    """Runs each stage through its method's own entry point, in its own folder; skips finished ones."""
+
+    def __init__(self, args):
+        self.args = args
+        self.commands = []
+        self.common = ["--data", args.data, "--device", args.device, "--seed", str(args.seed)]
+        if args.data_root:
+            self.common += ["--data-root", args.data_root]
+
+    def folder(self, name):
+        return os.path.join(self.args.output, name)
+
+    def run(self, name, argv, done, call, step):
+        argv = [*argv, *self.common, *BUDGETS[self.args.budget][name], *self.args.extra.get(name, [])]
+        command = f"python {SCRIPTS[name]} {shlex.join(argv)}"
+        self.commands.append(command)
+        total = 1 + len(self.args.methods)
+        if os.path.exists(done):
+            print(f"== [{step}/{total}] {LABELS[name]}: done ({done}; delete it to redo)", flush=True)
+            return
+        print(f"== [{step}/{total}] {LABELS[name]}: {command}", flush=True)
+        t = time.time()
+        call(argv)
+        if not os.path.exists(done):
+            raise RuntimeError(f"{LABELS[name]} ended without writing {done}")
+        print(f"== {LABELS[name]} finished in {time.time() - t:.0f} s", flush=True)
+
+    def base(self):
+        a = self.args
+        if a.base:
+            return a.base
+        if a.arch.startswith("sres") and a.budget != "smoke":
+            path, make = base_weights(a.arch)  # ImageNet bases come from torchvision, not from training
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} (the base model) is missing: make it with `{make}`, or pass --base")
+            return path
+        out = self.folder("base")
+        path = os.path.join(out, "finish.hdf5")
+        self.run("base", ["-a", a.arch, "-o", out], path, train_base_model.main, 1)
+        return path
+
+    def resrep(self, base, step):
+        out = self.folder("resrep")
+        argv = ["-a", self.args.arch, "--init", base, "--flops-target", f"{self.args.macs_target:g}", "-o", out]
+        self.run("resrep", argv, os.path.join(out, "finish_converted.hdf5"), exp_resrep.main, step)
+        info = read_hdf5(os.path.join(out, "finish_converted.hdf5"))[2]
+        trained = read_hdf5(os.path.join(out, "finish.hdf5"))[2]
+        norm = info.get("pruned_row_norm")
+        return {"file": os.path.join(out, "finish_converted.hdf5"), "before_top1": trained["metrics"]["top1"],
+                "logit_diff": info["conversion"]["max_logit_diff"],
+                "note": f"ResRep: logit diff against the trained net with its masked compactor rows zeroed; the "
+                        f"largest norm among the pruned rows was {norm:.3g} (it decays to 0 over a full run)."}
+
+    def csgd(self, base, step):
+        out = self.folder("csgd")
+        ratio, _ = csgd_ratio(self.args.arch, self.args.macs_target)
+        argv = ["-a", self.args.arch, "-i", "0", "--init", base, "--ratios", ratio, "--scope", "internal", "-o", out]
+        pruned = os.path.join(out, "pruned.hdf5")
+        self.run("csgd", argv, pruned, lambda v: do_csgd.run(do_csgd.parse(v)), step)
+        conv = read_hdf5(pruned)[2]["conversion"]
+        return {"file": pruned, "before_top1": conv["trained_top1"], "logit_diff": conv["exact_diff"],
+                "note": f"C-SGD: internal widths x{ratio}; logit diff against the trained net with each cluster "
+                        f"averaged (the merge); against the raw trained net {conv['max_logit_diff']:.3g}, the "
+                        "within-cluster deviation left by training."}
+
+    def aofp(self, base, step):
+        a, out = self.args, self.folder("aofp")
+        argv = ["-a", a.arch, "--base", base, "--flops-target", f"{a.macs_target:g}", "-o", out]
+        final = os.path.join(out, "finetune", "finish.hdf5")
+        self.run("aofp", argv, final, do_aofp.main, step)
+        info = read_hdf5(os.path.join(out, "finish_pruned.hdf5"))[2]
+        return {"file": os.path.join(out, "finish_pruned.hdf5"), "final_file": final,
+                "before_top1": info["masked_metrics"]["top1"], "logit_diff": info["max_logit_diff"],
+                "note": "AOFP: logit diff between the masked net and the pruned narrow net; the search stops "
+                        "once the MACs are below the target or its epochs run out (then it stays above); "
+                        "*final* is the narrow net after fine-tuning."}
+
+    def sfp(self, base, step):
+        out = self.folder("sfp")
+        rate, _ = sfp_rate(self.args.arch, self.args.macs_target)
+        argv = ["-a", self.args.arch, "--init", base, "--rate", rate, "--groups", "internal", "-o", out]
+        self.run("sfp", argv, os.path.join(out, "finish_converted.hdf5"), do_sfp.main, step)
+        info = read_hdf5(os.path.join(out, "finish_converted.hdf5"))[2]
+        return {"file": os.path.join(out, "finish_converted.hdf5"), "before_top1": info["zeroed_metrics"]["top1"],
+                "logit_diff": info["max_logit_diff"],
+                "note": f"SFP: keep rate {rate} on the internal layers, from the trained base; logit diff between "
+                        "the zeroed net and the small net."}
+
+
+# --- measuring ------------------------------------------------------------------------------------
+def evaluated_row(name, path, arch, val, device, base_macs, base_params):
+    """Read a network back from its file, evaluate it and count it; return (row, model)."""
+    model, _, deps = model_from_hdf5(path, arch)
+    model = model.to(device)
+    top1 = evaluate(model, val, device)["top1"]
+    macs, params = count(arch_graph(arch), deps)
+    return {"name": name, "label": LABELS[name], "file": path, "deps": deps, "converted_top1": top1, "macs": macs,
+            "params": params, "macs_ratio": macs / base_macs, "params_ratio": params / base_params}, model
+
+
+def add_latency(rows, models, arch, device, repeats):
+    """Time every network's deploy form, all in turns, and the speed-ups over the base."""
+    ms = measure(models, arch, get_arch(arch).input_size, device, (1, 64), repeats, forms=("fused",))
+    base = ms["base"]
+    for row in rows:
+        t = ms[row["name"]]
+        row.update(latency_b1=t[("fused", "float32", 1)], latency_b64=t[("fused", "float32", 64)],
+                   latency={f"{k[0]} {k[1]} b{k[2]}": v for k, v in t.items()},
+                   speedup_b1=base[("fused", "float32", 1)] / t[("fused", "float32", 1)],
+                   speedup_b64=base[("fused", "float32", 64)] / t[("fused", "float32", 64)])
+
+
+def export_all(rows, files, arch, folder, val):
+    from utils.export import check_onnx, export_onnx
+
+    images = next(iter(val.batches()))[0][:8].cpu()
+    for row in rows:
+        model, _, _ = model_from_hdf5(files[row["name"]], arch)
+        path = os.path.join(folder, f"{row['name']}.onnx")
+        print(f"   ONNX: {path}", flush=True)
+        fused = export_onnx(model, arch, path)
+        row["onnx"], row["onnx_diff"] = path, check_onnx(path, fused, images)
+
+
+def measure_all(args, base, results, device):
+    """Rows for the base and each method: accuracies, MACs, params, latency, the conversion proof."""
+    arch, spec = args.arch, get_arch(args.arch)
+    torch.manual_seed(args.seed)
+    _, val = make_loaders(args.data, args.data_root, 100, device, image_size=spec.input_size,
+                          num_classes=spec.num_classes)
+    base_macs, base_params = count(arch_graph(arch), default_deps(arch))
+    print(f"== measuring: evaluating every converted file anew and timing it (BN fused, {device}, "
+          f"{torch.get_num_threads()} threads, median of {args.latency_repeats}, the networks in turns)", flush=True)
+    row, model = evaluated_row("base", base, arch, val, device, base_macs, base_params)
+    row.update(before_top1=read_hdf5(base)[2].get("metrics", {}).get("top1"), final_top1=row["converted_top1"],
+               logit_diff=None, exact=None)
+    rows, models, files = [row], {"base": model}, {"base": base}
+    for m, r in results.items():
+        row, models[m] = evaluated_row(m, r["file"], arch, val, device, base_macs, base_params)
+        final = r.get("final_file")
+        row["final_top1"] = evaluate(model_from_hdf5(final, arch)[0].to(device), val, device)["top1"] \
+            if final else row["converted_top1"]
+        row.update(before_top1=r["before_top1"], logit_diff=r["logit_diff"], exact=r["logit_diff"] < EXACT_TOL,
+                   note=r["note"])
+        rows.append(row)
+        files[m] = final or r["file"]
+    add_latency(rows, models, arch, device, args.latency_repeats)
+    if args.onnx:
+        export_all(rows, files, arch, os.path.join(args.output, "onnx"), val)
+    return rows
+
+
+def main(argv=None):
+    args = parse(argv)
+    start = time.time()
+    device = dist.resolve_device(args.device)
+    stages = Stages(args)
+    base = stages.base()
+    results = {m: getattr(stages, m)(base, i) for i, m in enumerate(args.methods, start=2)}
+    rows = measure_all(args, base, results, device)
+    write_outputs(args, rows, stages.commands, device, time.time() - start)
+    return 0 if all(r["exact"] is not False for r in rows) else 1
+
+
+def write_outputs(args, rows, commands, device, seconds):
+    settings = {"arch": args.arch, "data": args.data, "budget": args.budget, "macs_target": args.macs_target,
+                "latency": f"{device}, {torch.get_num_threads()} threads, fp32, median of {args.latency_repeats}",
+                "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(seconds, 1), "torch": torch.__version__}
+    notes = [r["note"] for r in rows if r.get("note")]
+    text = report_markdown(rows, settings, notes, commands, onnx=args.onnx)
+    out = args.output
+    write_text(os.path.join(out, "comparison.md"), text)
+    write_json(os.path.join(out, "comparison.json"), {"settings": settings, "rows": rows, "commands": commands})
+    plot(rows, os.path.join(out, "comparison.png"),
+         f"{args.arch} on {args.data}, budget {args.budget}: top-1 vs MACs", args.macs_target)
+    print("\n" + text)
+    print(f"wrote {os.path.join(out, 'comparison.md')}, comparison.json and comparison.png in {seconds / 60:.1f} min")
+    broken = [r["label"] for r in rows if r["exact"] is False]
+    if broken:
+        print(f"error: the conversion of {', '.join(broken)} is not exact (logit diff >= {EXACT_TOL:g})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -171,10 +171,15 @@ class Stages:
         command = f"python {SCRIPTS[name]} {shlex.join(argv)}"
         self.commands.append(command)
         total = 1 + len(self.args.methods)
+        record = os.path.join(self.folder(name), "stage_command.txt")
+        if os.path.exists(record) and open(record).read().strip() != command:
+            raise ValueError(f"{self.folder(name)} was made by another command:\n  {open(record).read().strip()}\n"
+                             f"not\n  {command}\ndelete the folder to redo the stage, or pass another -o")
         if os.path.exists(done):
             print(f"== [{step}/{total}] {LABELS[name]}: done ({done}; delete it to redo)", flush=True)
             return
         print(f"== [{step}/{total}] {LABELS[name]}: {command}", flush=True)
+        write_text(record, command + "\n")
         t = time.time()
         call(argv)
         if not os.path.exists(done):

@@ -44,12 +44,16 @@ def test_the_comparison_runs_end_to_end_and_writes_table_and_plot(tmp_path, caps
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(lines) == 1 + 5 and "max logit diff" in lines[0] and "latency b64 ms" in lines[0]
     assert all(line.split(" | ")[11] == "yes" for line in lines[2:])  # the 'exact' column
-    assert "python rr/exp_resrep.py -a src20" in table and "--max-steps 3 --epoch-prune 1" in table and table.strip() in printed.strip() + "\n"
+    assert "python rr/exp_resrep.py -a src20" in table and "--max-steps 3 --epoch-prune 1" in table
+    assert table.strip() in printed
     png = matplotlib.image.imread(os.path.join(out, "comparison.png"))
     assert png.shape[0] > 300 and png.shape[1] > 400
     # Re-running finds every stage done and only measures again.
     assert compare_methods.main(argv) == 0
     assert capsys.readouterr().out.count(": done (") == 5
+    # ... and refuses to reuse a stage made with other settings.
+    with pytest.raises(ValueError, match="resrep was made by another command"):
+        compare_methods.main([*argv, "--extra", "resrep=--lasso-strength 1e-3"])
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -1,3 +1,6 @@
+import os
+import stat
+
 import h5py
 import numpy as np
 import pytest
@@ -48,6 +51,15 @@ def test_write_is_atomic(tmp_path):
         save_hdf5(path, bad)
     assert torch.equal(read_hdf5(path)[0]["x"], torch.zeros(3))  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["w.hdf5"]  # and no temporary is left
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_hdf5(tmp_path / "m.hdf5", {"x": torch.zeros(1)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "m.hdf5").st_mode) == 0o644
 
 
 def test_original_repo_file_loads(tmp_path):

@@ -114,6 +114,15 @@ def _fold_compactor(state, producer, q):
     state[f"{producer.bn}.running_var"] = torch.full((n,), 1.0 - producer.bn_eps, dtype=dtype)
 
 
+def _mix_producers(state, group, m):
+    """Rows of every producer tensor (conv weight and bias, BN affine and statistics) <- m @ rows."""
+    for p in group.producers:
+        names = [f"{p.conv}.weight", f"{p.conv}.bias"] + ([f"{p.bn}.{k}" for k in BN_KEYS] if p.bn else [])
+        for name in names:
+            if name in state:
+                state[name] = _mix_rows(m, state[name])
+
+
 def narrow(state, graph, decisions):
     """Apply {group id: Decision} to a state dict; return (narrow state dict, deps)."""
     out = dict(state)
@@ -124,11 +133,7 @@ def narrow(state, graph, decisions):
             for p in group.producers:
                 _fold_compactor(out, p, decision.compactors[p.conv])
         a, s = _cluster_matrices(decision.clusters, group.width)
-        for p in group.producers:
-            names = [f"{p.conv}.weight", f"{p.conv}.bias"] + ([f"{p.bn}.{k}" for k in BN_KEYS] if p.bn else [])
-            for name in names:
-                if name in out:
-                    out[name] = _mix_rows(a, out[name])
+        _mix_producers(out, group, a)
         for c in group.consumers:
             out[f"{c.module}.weight"] = _mix_inputs(s, out[f"{c.module}.weight"], c.block)
     deps = [int(out[f"{conv}.weight"].shape[0]) for conv in graph.convs]
@@ -145,11 +150,7 @@ def collapse(state, graph, decisions):
         _check(decision, group)
         a, s = _cluster_matrices(decision.clusters, group.width)
         spread = s.T @ a  # each member's row becomes its cluster's mean; channels in no cluster become 0
-        for p in group.producers:
-            names = [f"{p.conv}.weight", f"{p.conv}.bias"] + ([f"{p.bn}.{k}" for k in BN_KEYS] if p.bn else [])
-            for name in names:
-                if name in out:
-                    out[name] = _mix_rows(spread, out[name])
+        _mix_producers(out, group, spread)
     return out
 
 

@@ -49,7 +49,7 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def table(arch, rows, macs):
+def table(rows, macs):
     """The printed lines: one per (form, dtype, batch), with the measured and the MACs speed-up."""
     has_base = "base" in rows
     lines = [f"{'form':<8} {'dtype':<9} {'batch':>5} {'model ms':>10}"
@@ -94,7 +94,7 @@ def main(argv=None):
         return 1
     print(f"{arch} on {device} ({torch.get_num_threads()} threads), input {size}x{size}, median of {args.repeats}"
           + (", model and base timed in turns" if "base" in rows else ""))
-    lines, entries = table(arch, rows, macs)
+    lines, entries = table(rows, macs)
     print("\n".join(lines))
     if args.json:
         print(json.dumps({"arch": arch, "deps": deps, "macs": macs, "rows": entries}))

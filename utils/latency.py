@@ -49,11 +49,6 @@ def interleaved_ms(models, batch, size, device, dtype=torch.float32, warmup=5, r
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def latency_ms(model, batch, size, device, dtype=torch.float32, warmup=5, repeats=20):
-    """Median milliseconds per forward pass of one model."""
-    return interleaved_ms({"model": model}, batch, size, device, dtype, warmup, repeats)["model"]
-
-
 def deploy_form(model, arch, num_classes=None):
     """A BN-fused copy (eval only); a model already fused (BN modules gone) is returned as a copy."""
     fused = copy.deepcopy(model).eval()

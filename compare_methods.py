@@ -9,12 +9,16 @@ output folder (default compare_models/{arch}_{data}/):
     comparison.md    the table: accuracy before/after conversion, MACs, params, latency, logit diff
     comparison.png   top-1 against MACs, one point per method and the base
     comparison.json  every number, the settings and the command of each stage
-    base/ resrep/ csgd/ aofp/ sfp/   each stage's own folder (hdf5 files, log.txt, checkpoints)
+    base/ resrep/ csgd/ aofp/ sfp/   each stage's own folder (finish.hdf5 and finish_converted.hdf5, log.txt, ...)
     onnx/            with --onnx: every network as ONNX (BN fused), checked in ONNX Runtime
 
 Budgets: `demo` (default on cifar10-mini and synthetic: minutes on a laptop CPU), `paper` (default
 otherwise: each method's own recipe, e.g. `--data cifar10 -a src56`), `smoke` (a few steps per stage).
 A finished stage is not redone; an interrupted one resumes when the same command is re-run.
+
+This file is orchestration only: what each method knows (its demo flags, how it meets a MACs target,
+its footnote) is its package's comparison.py (`utils.tools.compare.Entry`); every stage's result is read
+from the one file layout all methods write (utils/training/skeleton.py).
 """
 import argparse
 import os
@@ -25,58 +29,31 @@ import time
 import torch
 
 import train_base_model
-from aofp import do_aofp
+from aofp.comparison import ENTRY as AOFP
 from base_model import default_deps, get_arch
-from csgd import do_csgd
-from csgd.schedule import SCOPES, Schedule, parse_ratios, target_deps
-from rr import exp_resrep
-from sfp import do_sfp
-from sfp.zeroing import num_pruned
-from utils import dist
-from utils.channel_graph import arch_graph
-from utils.cli import base_weights, run_main
-from utils.compare import EXACT_TOL, plot, report_markdown, write_json, write_text
-from utils.data import make_loaders
-from utils.engine import evaluate
-from utils.flops import count
-from utils.latency import measure
-from utils.store import model_from_hdf5, read_hdf5
+from csgd.comparison import ENTRY as CSGD
+from rr.comparison import ENTRY as RESREP
+from sfp.comparison import ENTRY as SFP
+from utils.atomic import write_json, write_text
+from utils.command import run_main
+from utils.pruning.channel_graph import arch_graph
+from utils.pruning.flops import count
+from utils.tools.compare import EXACT_TOL, plot, report_markdown
+from utils.tools.latency import measure
+from utils.tools.store import model_from_hdf5, read_attrs
+from utils.training.cli import base_weights
+from utils.training.data import make_loaders
+from utils.training.dist import resolve_device
+from utils.training.engine import evaluate
+from utils.training.skeleton import converted_file
 
-METHODS = ("resrep", "csgd", "aofp", "sfp")
-LABELS = {"base": "base", "resrep": "ResRep", "csgd": "C-SGD", "aofp": "AOFP", "sfp": "SFP"}
-SCRIPTS = {"base": "train_base_model.py", "resrep": "rr/exp_resrep.py", "csgd": "csgd/do_csgd.py",
-           "aofp": "aofp/do_aofp.py", "sfp": "sfp/do_sfp.py"}
-
-# Extra flags of each stage per budget (the method's own defaults fill the rest). `demo` is sized for
-# src20 on cifar10-mini (78 steps of 64 images an epoch): 10 base epochs, then 6 epochs per method (AOFP:
-# a search of at most 4 epochs, then 2 of fine-tuning), with each method's schedule compressed to fit.
-BUDGETS = {
-    "paper": {"base": [], "resrep": [], "csgd": [], "aofp": [], "sfp": []},
-    "demo": {
-        "base": ["--epochs", "10"],
-        # masks from step 39, 32 more rows every 10 steps (the target is met near step 100), and lr 0.03 so
-        # the masked rows decay in 6 epochs rather than 480
-        "resrep": ["--epochs", "6", "--lr", "0.03", "--before-mask-iters", "39", "--mask-interval", "10",
-                   "--begin-granularity", "32", "--lasso-strength", "5e-3"],
-        # eps 100x the paper's so clusters collapse in 6 epochs rather than 600
-        "csgd": ["--epochs", "6", "--milestones", "4", "--eps", "0.3", "--vector-factor", "1"],
-        # halves of 10 steps rather than 1000, a half is pruned when its damage is below 0.1
-        "aofp": ["--epochs", "4", "--iters-per-half", "10", "--warmup-iters", "10", "--thresh", "0.1",
-                 "--ft-epochs", "2"],
-        # from the trained base: lr 0.01 and batch 64 as the others; zeroed channels stay zero, BN included
-        # (`end`, the default, lets them regrow on their BN bias, which 6 epochs cannot undo: 21 % here)
-        "sfp": ["--epochs", "6", "--lr", "0.01", "--batch-size", "64", "--warmup-epochs", "0", "--bn-zero", "always"],
-    },
-    "smoke": {
-        "base": ["--epochs", "1", "--max-steps", "3"],
-        "resrep": ["--epochs", "1", "--max-steps", "3", "--before-mask-iters", "0", "--mask-interval", "1",
-                   "--begin-granularity", "1000"],
-        "csgd": ["--epochs", "1", "--max-steps", "3"],
-        "aofp": ["--epochs", "1", "--max-steps", "40", "--iters-per-half", "1", "--warmup-iters", "0",
-                 "--thresh", "1e9", "--ft-epochs", "1", "--ft-max-steps", "2"],
-        "sfp": ["--epochs", "1", "--max-steps", "3"],
-    },
-}
+ENTRIES = {e.name: e for e in (RESREP, CSGD, AOFP, SFP)}  # a new row: its package's comparison.py, and here
+METHODS = tuple(ENTRIES)
+GROUPS = "internal"  # every method prunes the internal layers only (ResRep's and AOFP's choice)
+# The base's flags per budget (the methods' own are in their Entry). `demo` is sized for src20 on
+# cifar10-mini (78 steps of 64 images an epoch): 10 base epochs, then 6 epochs per method.
+BASE_BUDGETS = {"paper": [], "demo": ["--epochs", "10"], "smoke": ["--epochs", "1", "--max-steps", "3"]}
+BUDGETS = ("demo", "paper", "smoke")
 
 
 def parse(argv=None):
@@ -85,7 +62,7 @@ def parse(argv=None):
     p.add_argument("--data", default="cifar10-mini", help="cifar10-mini (embedded; default), cifar10, imagenet, synthetic")
     p.add_argument("--data-root", help="dataset folder or archive (cifar10, imagenet)")
     p.add_argument("--macs-target", type=float, default=0.5, help="fraction of the base MACs to keep (default %(default)s)")
-    p.add_argument("--budget", choices=list(BUDGETS), help="demo on cifar10-mini/synthetic, paper otherwise")
+    p.add_argument("--budget", choices=BUDGETS, help="demo on cifar10-mini/synthetic, paper otherwise")
     p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: all four)")
     p.add_argument("--extra", action="append", default=[], metavar="STAGE=FLAGS",
                    help="more flags for one stage's script, after the budget's (later flags win), e.g. "
@@ -123,38 +100,9 @@ def parse_extra(items):
     return extra
 
 
-# --- matching the MACs target ----------------------------------------------------------------------
-def closest(candidates, arch, target):
-    """(value, deps) among (value, deps) pairs whose MACs ratio is nearest the target (ties: fewer MACs)."""
-    graph = arch_graph(arch)
-    base = count(graph, default_deps(arch))[0]
-    return min(candidates, key=lambda c: (abs(count(graph, c[1])[0] / base - target), count(graph, c[1])[0]))
-
-
-def csgd_ratio(arch, target):
-    """The width ratio (in hundredths) of C-SGD's internal layers whose MACs come nearest the target."""
-    graph = arch_graph(arch)
-    cands = [(f"{i / 100:g}", target_deps(arch, graph, Schedule((parse_ratios(f"{i / 100:g}")[0],), "internal",
-                                                                 "floor"), 0)) for i in range(1, 100)]
-    return closest(cands, arch, target)
-
-
-def sfp_rate(arch, target):
-    """SFP's keep rate (in hundredths) on the internal groups whose MACs come nearest the target."""
-    graph = arch_graph(arch)
-    cands = []
-    for i in range(1, 101):
-        deps = list(default_deps(arch))
-        for g in graph.by_role(*SCOPES["internal"]):
-            for p in g.producers:
-                deps[p.index] = g.width - num_pruned(g.width, i / 100)
-        cands.append((f"{i / 100:g}", deps))
-    return closest(cands, arch, target)
-
-
 # --- the stages -----------------------------------------------------------------------------------
 class Stages:
-    """Runs each stage through its method's own entry point, in its own folder; skips finished ones."""
+    """Runs each stage through its entry script's main, in its own folder; skips finished ones."""
 
     def __init__(self, args):
         self.args = args
@@ -166,9 +114,8 @@ class Stages:
     def folder(self, name):
         return os.path.join(self.args.output, name)
 
-    def run(self, name, argv, done, call, step):
-        argv = [*argv, *self.common, *BUDGETS[self.args.budget][name], *self.args.extra.get(name, [])]
-        command = f"python {SCRIPTS[name]} {shlex.join(argv)}"
+    def run(self, name, label, script, argv, done, main, step):
+        command = f"python {script} {shlex.join(argv)}"
         self.commands.append(command)
         total = 1 + len(self.args.methods)
         record = os.path.join(self.folder(name), "stage_command.txt")
@@ -176,15 +123,15 @@ class Stages:
             raise ValueError(f"{self.folder(name)} was made by another command:\n  {open(record).read().strip()}\n"
                              f"not\n  {command}\ndelete the folder to redo the stage, or pass another -o")
         if os.path.exists(done):
-            print(f"== [{step}/{total}] {LABELS[name]}: done ({done}; delete it to redo)", flush=True)
+            print(f"== [{step}/{total}] {label}: done ({done}; delete it to redo)", flush=True)
             return
-        print(f"== [{step}/{total}] {LABELS[name]}: {command}", flush=True)
+        print(f"== [{step}/{total}] {label}: {command}", flush=True)
         write_text(record, command + "\n")
         t = time.time()
-        call(argv)
+        main(argv)
         if not os.path.exists(done):
-            raise RuntimeError(f"{LABELS[name]} ended without writing {done}")
-        print(f"== {LABELS[name]} finished in {time.time() - t:.0f} s", flush=True)
+            raise RuntimeError(f"{label} ended without writing {done}")
+        print(f"== {label} finished in {time.time() - t:.0f} s", flush=True)
 
     def base(self):
         a = self.args
@@ -196,66 +143,34 @@ class Stages:
                 raise FileNotFoundError(f"{path} (the base model) is missing: make it with `{make}`, or pass --base")
             return path
         out = self.folder("base")
+        argv = ["-a", a.arch, "-o", out, *self.common, *BASE_BUDGETS[a.budget], *a.extra.get("base", [])]
         path = os.path.join(out, "finish.hdf5")
-        self.run("base", ["-a", a.arch, "-o", out], path, train_base_model.main, 1)
+        self.run("base", "base", "train_base_model.py", argv, path, train_base_model.main, 1)
         return path
 
-    def resrep(self, base, step):
-        out = self.folder("resrep")
-        argv = ["-a", self.args.arch, "--init", base, "--flops-target", f"{self.args.macs_target:g}", "-o", out]
-        self.run("resrep", argv, os.path.join(out, "finish_converted.hdf5"), exp_resrep.main, step)
-        info = read_hdf5(os.path.join(out, "finish_converted.hdf5"))[2]
-        trained = read_hdf5(os.path.join(out, "finish.hdf5"))[2]
-        norm = info.get("pruned_row_norm")
-        return {"file": os.path.join(out, "finish_converted.hdf5"), "before_top1": trained["metrics"]["top1"],
-                "logit_diff": info["conversion"]["max_logit_diff"],
-                "note": f"ResRep: logit diff against the trained net with its masked compactor rows zeroed; the "
-                        f"largest norm among the pruned rows was {norm:.3g} (it decays to 0 over a full run)."}
-
-    def csgd(self, base, step):
-        out = self.folder("csgd")
-        ratio, _ = csgd_ratio(self.args.arch, self.args.macs_target)
-        argv = ["-a", self.args.arch, "-i", "0", "--init", base, "--ratios", ratio, "--scope", "internal", "-o", out]
-        pruned = os.path.join(out, "pruned.hdf5")
-        self.run("csgd", argv, pruned, lambda v: do_csgd.run(do_csgd.parse(v)), step)
-        conv = read_hdf5(pruned)[2]["conversion"]
-        return {"file": pruned, "before_top1": conv["trained_top1"], "logit_diff": conv["exact_diff"],
-                "note": f"C-SGD: internal widths x{ratio}; logit diff against the trained net with each cluster "
-                        f"averaged (the merge); against the raw trained net {conv['max_logit_diff']:.3g}, the "
-                        "within-cluster deviation left by training."}
-
-    def aofp(self, base, step):
-        a, out = self.args, self.folder("aofp")
-        argv = ["-a", a.arch, "--base", base, "--flops-target", f"{a.macs_target:g}", "-o", out]
-        final = os.path.join(out, "finetune", "finish.hdf5")
-        self.run("aofp", argv, final, do_aofp.main, step)
-        info = read_hdf5(os.path.join(out, "finish_pruned.hdf5"))[2]
-        return {"file": os.path.join(out, "finish_pruned.hdf5"), "final_file": final,
-                "before_top1": info["masked_metrics"]["top1"], "logit_diff": info["max_logit_diff"],
-                "note": "AOFP: logit diff between the masked net and the pruned narrow net; the search stops "
-                        "once the MACs are below the target or its epochs run out (then it stays above); "
-                        "*final* is the narrow net after fine-tuning."}
-
-    def sfp(self, base, step):
-        out = self.folder("sfp")
-        rate, _ = sfp_rate(self.args.arch, self.args.macs_target)
-        argv = ["-a", self.args.arch, "--init", base, "--rate", rate, "--groups", "internal", "-o", out]
-        self.run("sfp", argv, os.path.join(out, "finish_converted.hdf5"), do_sfp.main, step)
-        info = read_hdf5(os.path.join(out, "finish_converted.hdf5"))[2]
-        return {"file": os.path.join(out, "finish_converted.hdf5"), "before_top1": info["zeroed_metrics"]["top1"],
-                "logit_diff": info["max_logit_diff"],
-                "note": f"SFP: keep rate {rate} on the internal layers, from the trained base; logit diff between "
-                        "the zeroed net and the small net."}
+    def method(self, entry, base, step):
+        """Run one method from the base to the MACs target; its result, read from its converted file."""
+        a, out = self.args, self.folder(entry.name)
+        flags, setting = entry.aim(a.arch, a.macs_target, GROUPS)
+        argv = ["-a", a.arch, "--init", base, *flags, "--groups", GROUPS, "-o", out, *self.common,
+                *entry.budgets.get(a.budget, []), *a.extra.get(entry.name, [])]
+        self.run(entry.name, entry.label, entry.script, argv, os.path.join(out, entry.done), entry.main, step)
+        path = converted_file(out)
+        conversion = read_attrs(path)["conversion"]
+        return {"file": path, "final_file": os.path.join(out, entry.final) if entry.final else None,
+                "before_top1": conversion["trained_metrics"]["top1"], "logit_diff": conversion["max_logit_diff"],
+                "note": entry.note(conversion, setting)}
 
 
 # --- measuring ------------------------------------------------------------------------------------
 def evaluated_row(name, path, arch, val, device, base_macs, base_params):
     """Read a network back from its file, evaluate it and count it; return (row, model)."""
+    label = ENTRIES[name].label if name in ENTRIES else name
     model, _, deps = model_from_hdf5(path, arch)
     model = model.to(device)
     top1 = evaluate(model, val, device)["top1"]
     macs, params = count(arch_graph(arch), deps)
-    return {"name": name, "label": LABELS[name], "file": path, "deps": deps, "converted_top1": top1, "macs": macs,
+    return {"name": name, "label": label, "file": path, "deps": deps, "converted_top1": top1, "macs": macs,
             "params": params, "macs_ratio": macs / base_macs, "params_ratio": params / base_params}, model
 
 
@@ -272,7 +187,7 @@ def add_latency(rows, models, arch, device, repeats):
 
 
 def export_all(rows, files, arch, folder, val):
-    from utils.export import check_onnx, export_onnx
+    from utils.tools.export import check_onnx, export_onnx
 
     images = next(iter(val.batches()))[0][:8].cpu()
     for row in rows:
@@ -293,7 +208,7 @@ def measure_all(args, base, results, device):
     print(f"== measuring: evaluating every converted file anew and timing it (BN fused, {device}, "
           f"{torch.get_num_threads()} threads, median of {args.latency_repeats}, the networks in turns)", flush=True)
     row, model = evaluated_row("base", base, arch, val, device, base_macs, base_params)
-    row.update(before_top1=read_hdf5(base)[2].get("metrics", {}).get("top1"), final_top1=row["converted_top1"],
+    row.update(before_top1=read_attrs(base).get("metrics", {}).get("top1"), final_top1=row["converted_top1"],
                logit_diff=None, exact=None)
     rows, models, files = [row], {"base": model}, {"base": base}
     for m, r in results.items():
@@ -314,10 +229,10 @@ def measure_all(args, base, results, device):
 def main(argv=None):
     args = parse(argv)
     start = time.time()
-    device = dist.resolve_device(args.device)
+    device = resolve_device(args.device)
     stages = Stages(args)
     base = stages.base()
-    results = {m: getattr(stages, m)(base, i) for i, m in enumerate(args.methods, start=2)}
+    results = {m: stages.method(ENTRIES[m], base, i) for i, m in enumerate(args.methods, start=2)}
     rows = measure_all(args, base, results, device)
     write_outputs(args, rows, stages.commands, device, time.time() - start)
     return 0 if all(r["exact"] is not False for r in rows) else 1

@@ -4,9 +4,10 @@ the file carries `deps`, the widths with their MACs and params.
     python display_hdf5.py resrep_models/src56_train/finish_converted.hdf5
 """
 import argparse
-import sys
 
 import numpy as np
+
+from utils.command import run_main
 
 NEAR_ZERO = 1e-5  # the original viewer's threshold; ResRep's pruned compactor rows fall under it
 
@@ -34,7 +35,7 @@ def kind(name, shape):
 
 def describe(path):
     """The report as a list of lines (raises WeightFileError for a bad file)."""
-    from utils.store import infer_arch, read_hdf5
+    from utils.tools.store import infer_arch, read_hdf5
 
     state, deps, attrs = read_hdf5(path)
     lines = [f"{path}"]
@@ -61,7 +62,7 @@ def describe(path):
     if arch is None:
         lines.append("arch unknown: MACs not computed")
         return lines
-    from utils.flops import arch_cost
+    from utils.pruning.flops import arch_cost
 
     try:
         c = arch_cost(arch, deps)
@@ -77,16 +78,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="an hdf5 weight file")
     args = p.parse_args(argv)
-    from utils.store import WeightFileError
-
-    try:
-        lines = describe(args.file)
-    except WeightFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+    print("\n".join(describe(args.file)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -11,10 +11,11 @@ into our model and its logits are compared with torchvision's on a random image.
 import argparse
 import os
 import re
-import sys
 import urllib.error
 
 import torch
+
+from utils.command import run_main
 
 NAME_RULES = [  # torchvision prefix -> ours; applied once, first match wins
     (r"^conv1\.", "conv1.conv."),
@@ -103,7 +104,7 @@ def max_logit_diff(depth, tv_state, model):
 
 def main(argv=None):
     from base_model import build_model, default_deps
-    from utils.store import load_state, save_hdf5
+    from utils.tools.store import load_state, save_hdf5
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-a", "--arch", default="sres50", help="sres18, sres34, sres50, sres101 or sres152")
@@ -111,25 +112,20 @@ def main(argv=None):
     p.add_argument("--weights", default="IMAGENET1K_V1", help="which torchvision weights to download")
     p.add_argument("-o", "--output", help="default: torchvision_res{depth}.hdf5")
     args = p.parse_args(argv)
-    try:
-        depth = depth_of(args.arch)
-        tv_state = read_pth(args.source) if args.source else download(depth, args.weights)
-        tv_state = {k.removeprefix("module."): v for k, v in tv_state.items()}
-        state = convert_state(tv_state)
-        num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1000
-        model = load_state(build_model(args.arch, num_classes=num_classes), state,
-                           source=args.source or f"torchvision resnet{depth}")
-        diff = max_logit_diff(depth, tv_state, model)
-        out = args.output or f"torchvision_res{depth}.hdf5"
-        save_hdf5(out, model.state_dict(), deps=default_deps(args.arch), arch=args.arch,
-                  source=args.source or f"torchvision resnet{depth} {args.weights}")
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    depth = depth_of(args.arch)
+    tv_state = read_pth(args.source) if args.source else download(depth, args.weights)
+    tv_state = {k.removeprefix("module."): v for k, v in tv_state.items()}
+    state = convert_state(tv_state)
+    num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1000
+    model = load_state(build_model(args.arch, num_classes=num_classes), state,
+                       source=args.source or f"torchvision resnet{depth}")
+    diff = max_logit_diff(depth, tv_state, model)
+    out = args.output or f"torchvision_res{depth}.hdf5"
+    save_hdf5(out, model.state_dict(), deps=default_deps(args.arch), arch=args.arch,
+              source=args.source or f"torchvision resnet{depth} {args.weights}")
     print(f"{args.arch}: {len(state)} tensors renamed; max |logit difference| against torchvision "
           f"{diff:.3g} -> {out}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

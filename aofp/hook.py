@@ -8,11 +8,11 @@ masked filters, end the halves that are due, and stop the run as soon as the MAC
 """
 import torch
 
-from utils.data import mix_seed
-from utils.dist import all_reduce_sum
-from utils.checkpoint import CheckpointError
-from utils.engine import Hook
-from utils.flops import count
+from utils.pruning.flops import count
+from utils.training.checkpoint import CheckpointError
+from utils.training.data import mix_seed
+from utils.training.dist import all_reduce_sum
+from utils.training.engine import Hook
 
 from .probe import LayerProbe, followed_by_relu
 from .search import LayerSearch, start_steps
@@ -20,20 +20,21 @@ from .search import LayerSearch, start_steps
 DRAW_STREAM = 0xA0F  # keeps the draws apart from the data's streams of the same seed
 
 
-def target_groups(graph, roles=("internal",)):
-    """The channel groups AOFP searches: by default the internal ones (a single conv, a single consumer)."""
-    groups = graph.by_role(*roles)
-    for g in groups:
+def target_groups(graph, groups="internal"):
+    """The channel groups AOFP searches (`--groups`): by default the internal ones (one conv, one consumer)."""
+    chosen = graph.select(groups)
+    for g in chosen:
         if len(g.producers) != 1 or len(g.consumers) != 1:
-            raise ValueError(f"AOFP needs one producer and one scoring layer per searched group; group {g.id} "
-                             f"({g.producers[0].conv}, role {g.role}) has {len(g.producers)} and {len(g.consumers)}")
-    if not groups:
-        raise ValueError(f"the model has no channel group of role {', '.join(roles)} to search")
-    return groups
+            raise ValueError(f"--groups {groups}: AOFP needs one producer and one scoring layer per searched group; "
+                             f"group {g.id} ({g.producers[0].conv}, role {g.role}) has {len(g.producers)} and "
+                             f"{len(g.consumers)}")
+    if not chosen:
+        raise ValueError(f"--groups {groups}: the model has no such channel group to search")
+    return chosen
 
 
 class AOFPSearch(Hook):
-    def __init__(self, graph, deps, groups=None, iters_per_half=1000, thresh=0.01, warmup=500, flops_target=None,
+    def __init__(self, graph, deps, groups="internal", iters_per_half=1000, thresh=0.01, warmup=500, flops_target=None,
                  seed=0, bn_mode="base"):
         if iters_per_half < 1:
             raise ValueError(f"iters_per_half {iters_per_half}: must be at least 1")
@@ -44,7 +45,7 @@ class AOFPSearch(Hook):
         if flops_target is not None and not 0 < flops_target <= 1:
             raise ValueError(f"flops target {flops_target}: the fraction of MACs to keep must be in (0, 1]")
         self.graph, self.deps = graph, list(deps)
-        groups = target_groups(graph) if groups is None else [graph.groups[g] for g in groups]
+        groups = target_groups(graph, groups) if isinstance(groups, str) else [graph.groups[g] for g in groups]
         if not groups:
             raise ValueError("AOFP has nothing to search: the list of channel groups is empty")
         widths = graph.widths(self.deps)

@@ -85,6 +85,7 @@ class CifarResNet(nn.Module):
         deps = default_deps(depth) if deps is None else deps
         names = deps_names(depth)
         self.deps = check_deps(arch, deps, len(names), residual_ties(depth), names)
+        self.num_classes = num_classes
         per = 2 * num_blocks(depth) + 1
         cin = 3
         for s in range(3):

@@ -102,6 +102,7 @@ class ImageNetResNet(nn.Module):
         names = deps_names(depth)
         deps = default_deps(depth) if deps is None else deps
         self.deps = check_deps(f"sres{depth}", deps, len(names), residual_ties(depth), names)
+        self.num_classes = num_classes
         per_block = 3 if is_bottleneck(depth) else 2
         self.conv1 = conv_bn(3, self.deps[0], 7, 2, relu=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)

@@ -25,6 +25,7 @@ class VCNet(nn.Module):
         super().__init__()
         deps = default_deps() if deps is None else deps
         self.deps = check_deps("vc", deps, 13, {}, deps_names())
+        self.num_classes = num_classes
         self.stem = nn.Sequential()
         cin = 3
         for i, width in enumerate(self.deps, start=1):

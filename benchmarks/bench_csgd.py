@@ -8,27 +8,28 @@ iteration slims (src56: all 57 convs, k-means clusters). The two alternate, `--r
 medians are compared, so a machine busy with something else slows both alike. The update is also timed
 alone, over the same steps' gradients, which gives the overhead without the noise of whole steps.
 """
+if not __package__:  # run as a file, not as a module: the repository root goes on the path, as with -m
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from base_model import build_model  # noqa: E402
-from benchmarks.timing import seconds_per_step, sync  # noqa: E402
-from csgd.centripetal import CentripetalHook  # noqa: E402
-from csgd.clustering import cluster_groups  # noqa: E402
-from utils.channel_graph import arch_graph_at  # noqa: E402
-from csgd.schedule import default_schedule, group_targets, target_deps  # noqa: E402
-from utils.channel_graph import arch_graph  # noqa: E402
-from utils.data import make_loaders  # noqa: E402
-from utils.dist import resolve_device  # noqa: E402
-from utils.engine import TrainConfig, param_groups  # noqa: E402
+from base_model import build_model
+from benchmarks.timing import seconds_per_step, sync
+from csgd.centripetal import CentripetalHook
+from csgd.clustering import cluster_groups
+from csgd.schedule import default_schedule, group_targets, target_deps
+from utils.pruning.channel_graph import arch_graph, arch_graph_at
+from utils.training.data import make_loaders
+from utils.training.dist import resolve_device
+from utils.training.engine import TrainConfig, param_groups
 
 
 def update_alone(hook, device, repeats=20):

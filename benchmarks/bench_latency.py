@@ -7,21 +7,23 @@ as trained (conv+BN) and in the BN-fused deploy form.
 Against a base (`--base FILE`, else the arch's default widths; `--no-base` to time the model alone) it
 prints, per form, dtype and batch, the measured speed-up next to the MACs ratio.
 """
+if not __package__:  # run as a file, not as a module: the repository root goes on the path, as with -m
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from base_model import build_model, default_deps, get_arch  # noqa: E402
-from utils.channel_graph import arch_graph  # noqa: E402
-from utils.dist import resolve_device  # noqa: E402
-from utils.flops import count  # noqa: E402
-from utils.store import model_from_hdf5  # noqa: E402
-from utils.latency import FORMS, measure  # noqa: E402
+from base_model import build_model, default_deps, get_arch
+from utils.command import run_main
+from utils.pruning.channel_graph import arch_graph
+from utils.pruning.flops import count
+from utils.tools.latency import FORMS, measure
+from utils.tools.store import model_from_hdf5
+from utils.training.dist import resolve_device
 
 
 def load(path=None, arch=None, deps=None):
@@ -72,34 +74,29 @@ def table(rows, macs):
 
 def main(argv=None):
     args = parse(argv)
-    try:
-        if not args.file and not args.arch:
-            raise ValueError("give an hdf5 file, or -a ARCH [--deps ...]")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        device = resolve_device(args.device)
-        model, arch, deps = load(args.file, args.arch, args.deps)
-        size = get_arch(arch).input_size
-        graph = arch_graph(arch)
-        models, macs = {"model": model}, {"model": count(graph, deps)[0]}
-        if not args.no_base:
-            base, _, base_deps = load(args.base, arch, None if args.base else default_deps(arch))
-            models["base"], macs["base"] = base, count(graph, base_deps)[0]
-        bad = [f for f in args.forms if f not in FORMS]
-        if bad or not args.forms:
-            raise ValueError(f"--forms {','.join(args.forms)}: choose from {', '.join(FORMS)}")
-        rows = measure(models, arch, size, device, args.batches, args.repeats, args.forms, warmup=args.warmup)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if not args.file and not args.arch:
+        raise ValueError("give an hdf5 file, or -a ARCH [--deps ...]")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model, arch, deps = load(args.file, args.arch, args.deps)
+    size = get_arch(arch).input_size
+    graph = arch_graph(arch)
+    models, macs = {"model": model}, {"model": count(graph, deps)[0]}
+    if not args.no_base:
+        base, _, base_deps = load(args.base, arch, None if args.base else default_deps(arch))
+        models["base"], macs["base"] = base, count(graph, base_deps)[0]
+    bad = [f for f in args.forms if f not in FORMS]
+    if bad or not args.forms:
+        raise ValueError(f"--forms {','.join(args.forms)}: choose from {', '.join(FORMS)}")
+    rows = measure(models, arch, size, device, args.batches, args.repeats, args.forms, warmup=args.warmup)
     print(f"{arch} on {device} ({torch.get_num_threads()} threads), input {size}x{size}, median of {args.repeats}"
           + (", model and base timed in turns" if "base" in rows else ""))
     lines, entries = table(rows, macs)
     print("\n".join(lines))
     if args.json:
         print(json.dumps({"arch": arch, "deps": deps, "macs": macs, "rows": entries}))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

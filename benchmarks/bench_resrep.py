@@ -7,23 +7,25 @@ The ResRep step is the plain step plus the compactors in the forward pass and th
 after backward, with masks already at the MACs target. Both loops use the same in-memory batches of
 cifar10-mini and alternate, so a busy machine slows both alike; medians are compared.
 """
+if not __package__:  # run as a file, not as a module: the repository root goes on the path, as with -m
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from base_model import build_model  # noqa: E402
-from benchmarks.timing import seconds_per_step  # noqa: E402
-from rr.compactor import compactor_rule, resrep_model  # noqa: E402
-from rr.resrep import ResRepConfig, ResRepHook, reset_gradients  # noqa: E402
-from utils.data import make_loaders  # noqa: E402
-from utils.engine import TrainConfig, param_groups  # noqa: E402
+from base_model import build_model
+from benchmarks.timing import seconds_per_step
+from rr.compactor import compactor_rule, resrep_model
+from rr.resrep import ResRepConfig, ResRepHook, reset_gradients
+from utils.training.data import make_loaders
+from utils.training.engine import TrainConfig, param_groups
 
 
 def mask_update_seconds(arch, repeats=5):

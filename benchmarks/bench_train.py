@@ -8,22 +8,24 @@ embedded cifar10-mini with its batched augmentation, progress bar and TensorBoar
 alternate, `--repeats` times each, and the medians are compared, so a machine that is busy with
 something else slows both alike.
 """
+if not __package__:  # run as a file, not as a module: the repository root goes on the path, as with -m
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from base_model import build_model  # noqa: E402
-from utils.data import make_loaders  # noqa: E402
-from utils.dist import DistContext, resolve_device  # noqa: E402
-from utils.engine import TrainConfig, Trainer, param_groups  # noqa: E402
+from base_model import build_model
+from utils.training.data import make_loaders
+from utils.training.dist import DistContext, resolve_device
+from utils.training.engine import TrainConfig, Trainer, param_groups
 
 
 def sync(device):

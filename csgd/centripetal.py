@@ -13,7 +13,7 @@ optimizer's own weight decay is off for these tensors (`param_rule`), since Lamb
 """
 import torch
 
-from utils.engine import Hook
+from utils.training.engine import Hook
 
 VECTOR_FACTOR = 0.1  # the original's weaker pull on BN weight/bias ("helps in some cases")
 

@@ -4,22 +4,25 @@ Each entry is an absolute fraction of the arch's original widths (not a step fro
 iteration). src56 (and the other CIFAR ResNets) slim every group, residual ones included, to
 d*13//16, d*11//16, d*5//8 (rounded down, as the original's integer arithmetic); sres50 (and the other
 ImageNet ResNets) slim the internal layers to ceil(0.7 d), ..., ceil(0.3 d). vc has no C-SGD schedule
-in the original; we give it the CIFAR fractions on its (all internal) layers.
+in the original; we give it the CIFAR fractions on its (all internal) layers. Iteration K starts from
+iteration K-1's converted net (`iteration_start`).
 """
 import math
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 
 from base_model import default_deps, get_arch
+from utils.training.cli import base_weights
+from utils.training.skeleton import converted_file, optional_init
 
-SCOPES = {"all": ("internal", "residual", "stem", "fanout"), "internal": ("internal",)}
 ROUNDINGS = ("floor", "ceil")
 
 
 @dataclass(frozen=True)
 class Schedule:
     ratios: tuple  # Fractions of the original widths, one per iteration
-    scope: str  # "all" or "internal"
+    groups: str  # the channel groups slimmed: "all" or roles, as --groups ("internal")
     rounding: str  # "floor" or "ceil"
 
 
@@ -52,14 +55,12 @@ def target_deps(arch, graph, schedule, itr):
     if not 0 <= itr < len(schedule.ratios):
         raise ValueError(f"-i {itr}: the schedule has iterations 0..{len(schedule.ratios) - 1} "
                          f"(ratios {', '.join(str(r) for r in schedule.ratios)})")
-    if schedule.scope not in SCOPES:
-        raise ValueError(f"unknown scope {schedule.scope!r}: choose one of {', '.join(SCOPES)}")
     if schedule.rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {schedule.rounding!r}: choose one of {', '.join(ROUNDINGS)}")
     r = schedule.ratios[itr]
     rnd = math.floor if schedule.rounding == "floor" else math.ceil
     deps = list(default_deps(arch))
-    for g in graph.by_role(*SCOPES[schedule.scope]):
+    for g in graph.select(schedule.groups):
         for p in g.producers:
             deps[p.index] = max(1, rnd(r * deps[p.index]))
     return deps
@@ -74,3 +75,36 @@ def group_targets(graph, current, target):
             raise ValueError(f"target deps give the tied convs of group {g.id} ({g.producers[0].conv}) "
                              f"different widths {sorted(widths)}; they must share one")
     return {gid: tgt[gid] for gid in cur if tgt[gid] != cur[gid]}
+
+
+# --- the chain of iterations ------------------------------------------------------------------------
+def itr_dir(models_dir, arch, k):
+    return os.path.join(models_dir, f"{arch}_train", f"itr{k}")
+
+
+def iteration_start(args):
+    """The file iteration args.itr starts from: --init, iteration K-1's converted net, or the base model
+    (for -i 0 on a CIFAR net, trained first with train_base_model.py's recipe when it is missing)."""
+    if args.init:
+        return optional_init(args)
+    if args.itr > 0:
+        folder = itr_dir(args.models_dir, args.arch, args.itr - 1)
+        prev = converted_file(folder)
+        if prev is None:
+            raise FileNotFoundError(f"{os.path.join(folder, 'finish_converted.hdf5')} is missing: iteration {args.itr} "
+                                    f"starts from iteration {args.itr - 1}; run `python csgd/do_csgd.py -a {args.arch} "
+                                    f"-i {args.itr - 1}` first")
+        return prev
+    path, make = base_weights(args.arch)
+    if os.path.exists(path):
+        return path
+    if get_arch(args.arch).dataset == "cifar10" and args.train_base:
+        import train_base_model
+
+        print(f"{path} is missing: training the base model first (python train_base_model.py -a {args.arch})")
+        argv = ["-a", args.arch, "--data", args.data, "--device", args.device, "--seed", str(args.seed or 0)]
+        if args.data_root:
+            argv += ["--data-root", args.data_root]
+        train_base_model.main(argv)
+        return path
+    raise FileNotFoundError(f"{path} (the base model) is missing: make it with `{make}`, or pass --init")

@@ -13,10 +13,7 @@ import torch
 from torch import nn
 
 from base_model import build_model
-from utils.channel_graph import graph_at  # noqa: F401  (re-exported: rr's callers use it)
-
-DEFAULT_ROLES = ("internal",)
-PRUNABLE_ROLES = ("internal", "residual", "stem", "fanout")
+from utils.pruning.channel_graph import arch_graph_at
 
 
 class Compactor(nn.Module):
@@ -41,7 +38,7 @@ class Compactor(nn.Module):
 @dataclass
 class PrunedGroup:
     """A channel group with one compactor per producer conv (conv path -> compactor module path)."""
-    group: object  # utils.channel_graph.ChannelGroup
+    group: object  # utils.pruning.channel_graph.ChannelGroup
     paths: dict  # producer conv path -> compactor module path
     modules: dict | None = None  # producer conv path -> Compactor, once inserted into a model
 
@@ -72,13 +69,10 @@ class PrunedGroup:
         return (self.mask() == 0).nonzero().flatten().tolist()
 
 
-def compactor_layout(graph, roles=DEFAULT_ROLES):
-    """The groups to prune and where each compactor lives, from the graph alone (no model needed)."""
-    bad = [r for r in roles if r not in PRUNABLE_ROLES]
-    if bad:
-        raise ValueError(f"cannot prune groups of role {bad[0]!r}; choose from {', '.join(PRUNABLE_ROLES)}")
+def compactor_layout(graph, groups="internal"):
+    """The groups to prune (`--groups`: "all" or roles) and where each compactor lives, from the graph alone."""
     out = []
-    for group in graph.by_role(*roles):
+    for group in graph.select(groups):
         paths = {}
         for p in group.producers:
             if p.bn is None:
@@ -87,18 +81,18 @@ def compactor_layout(graph, roles=DEFAULT_ROLES):
             paths[p.conv] = f"{parent}.compactor" if parent else "compactor"
         out.append(PrunedGroup(group, paths))
     if not out:
-        raise ValueError(f"the model has no channel group of role {', '.join(roles)} to prune")
+        raise ValueError(f"--groups {groups}: the model has no such channel group to prune")
     return out
 
 
-def insert_compactors(model, graph, roles=DEFAULT_ROLES):
+def insert_compactors(model, graph, groups="internal"):
     """Put an identity compactor right after the BN of every producer of the pruned groups (in place).
 
     The BN must sit in an nn.Sequential (as `conv_bn` builds it); the compactor goes after it, so
     a ReLU that follows in the same Sequential comes after the compactor. Returns the PrunedGroups.
     """
-    groups = compactor_layout(graph, roles)
-    for pg in groups:
+    pruned = compactor_layout(graph, groups)
+    for pg in pruned:
         pg.modules = {}
         for p in pg.group.producers:
             parent_path, _, bn_name = p.bn.rpartition(".")
@@ -116,16 +110,14 @@ def insert_compactors(model, graph, roles=DEFAULT_ROLES):
                 if name == bn_name:
                     parent.add_module("compactor", comp)
             pg.modules[p.conv] = comp
-    return groups
+    return pruned
 
 
-def resrep_model(arch, deps=None, num_classes=None, roles=DEFAULT_ROLES):
+def resrep_model(arch, deps=None, num_classes=None, groups="internal"):
     """A ResRep model of `arch` (identity compactors) and its PrunedGroups; loads finish.hdf5 back."""
-    from utils.channel_graph import arch_graph
-
     model = build_model(arch, deps, num_classes)
-    graph = graph_at(arch_graph(arch, num_classes), model.deps)
-    return model, graph, insert_compactors(model, graph, roles)
+    graph = arch_graph_at(arch, model.deps, num_classes)
+    return model, graph, insert_compactors(model, graph, groups)
 
 
 def compactor_rule(groups, momentum=0.99):

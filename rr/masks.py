@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from utils.flops import count, layer_macs
+from utils.pruning.flops import count, layer_macs
 
 
 class MacsCounter:
@@ -41,16 +41,6 @@ class MacsCounter:
         self.widths[gid] -= 1
 
 
-def group_deps(graph, base_deps, widths):
-    """A deps list with the given group widths (every producer of a group gets its width)."""
-    deps = list(base_deps)
-    for g in graph.groups:
-        if g.id in widths:
-            for p in g.producers:
-                deps[p.index] = int(widths[g.id])
-    return deps
-
-
 def select_masks(graph, base_deps, norms, masked_now, flops_target, begin_granularity=4, num_at_least=1):
     """New masks: {group id: sorted channel indices to mask}.
 
@@ -63,7 +53,7 @@ def select_masks(graph, base_deps, norms, masked_now, flops_target, begin_granul
     base_macs = count(graph, base_deps)[0]
     target = flops_target * base_macs
     current = {gid: base_widths[gid] - masked_now.get(gid, 0) for gid in norms}
-    cur_macs = count(graph, group_deps(graph, base_deps, current))[0]
+    cur_macs = count(graph, graph.deps_at(base_deps, current))[0]
     cap = sum(masked_now.values()) + begin_granularity if cur_macs > target else math.inf
 
     gids = list(norms)

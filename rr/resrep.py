@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from utils.dist import broadcast_object
-from utils.engine import Hook
-from utils.flops import count
+from utils.pruning.flops import count
+from utils.training.dist import broadcast_object
+from utils.training.engine import Hook
 
-from .masks import group_deps, select_masks
+from .masks import select_masks
 
 ZERO_NORM = 1e-12  # a row this small gets a proportionally smaller penalty: no 0/0 for an exact zero row
 
@@ -73,7 +73,7 @@ class ResRepHook(Hook):
     def masked_deps(self):
         """deps with every pruned group narrowed by its masked rows: the width after conversion."""
         widths = {pg.id: pg.group.width - len(pg.masked()) for pg in self.groups}
-        return group_deps(self.graph, self.base_deps, widths)
+        return self.graph.deps_at(self.base_deps, widths)
 
     def update_masks(self, trainer=None):
         """Choose the masks on rank 0 (the weights are the same on every rank) and send them to all."""

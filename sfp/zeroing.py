@@ -20,24 +20,11 @@ Differences from the original code (he-y/soft-filter-pruning):
 """
 import torch
 
-from utils.dist import broadcast_object
-from utils.engine import Hook
+from utils.pruning.zeroing import zero_channels
+from utils.training.dist import broadcast_object
+from utils.training.engine import Hook
 
-PRUNABLE_ROLES = ("internal", "residual", "stem", "fanout")  # "output" groups feed the logits directly
 BN_MODES = ("always", "end", "never")  # when the BN weight and bias of zeroed channels are zeroed too
-
-
-def select_groups(graph, groups="all"):
-    """The channel groups to prune: "all" prunable groups, or a comma list of roles (e.g. "internal")."""
-    if groups == "all":
-        roles = PRUNABLE_ROLES
-    else:
-        roles = tuple(r.strip() for r in str(groups).split(",") if r.strip())
-        bad = [r for r in roles if r not in PRUNABLE_ROLES]
-        if bad or not roles:
-            raise ValueError(f"--groups {groups!r}: use 'all' or a comma list of roles from "
-                             f"{', '.join(PRUNABLE_ROLES)} (e.g. 'internal')")
-    return [g for g in graph.groups if g.role in roles]
 
 
 def check_rate(rate):
@@ -72,29 +59,6 @@ def choose(model, groups, rate):
     return out
 
 
-@torch.no_grad()
-def zero_filters(model, groups, pruned, zero_bn=True, optimizer=None):
-    """Zero the chosen output channels of every conv in each group (and their BN weight and bias when
-    `zero_bn`). With an `optimizer`, also zero their momentum: the filters then stay at zero unless
-    a gradient reaches them (a hard variant, off by default)."""
-    for g in groups:
-        idx = pruned.get(g.id, [])
-        if not idx:
-            continue
-        for p in g.producers:
-            conv = model.get_submodule(p.conv)
-            params = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
-            if zero_bn and p.bn is not None:
-                bn = model.get_submodule(p.bn)
-                params += [bn.weight, bn.bias]
-            for t in params:
-                rows = torch.as_tensor(idx, device=t.device)
-                t.index_fill_(0, rows, 0.0)
-                buf = optimizer.state.get(t, {}).get("momentum_buffer") if optimizer is not None else None
-                if buf is not None:
-                    buf.index_fill_(0, rows, 0.0)
-
-
 class SoftFilterZeroing(Hook):
     """Zero at the start, after every `epoch_prune` epochs and at the end (the final zeroing is what the
     small model is cut from). Choices are made on rank 0 and broadcast, so every rank zeroes the same."""
@@ -105,7 +69,7 @@ class SoftFilterZeroing(Hook):
             raise ValueError(f"--bn-zero {bn!r}: choose one of {', '.join(BN_MODES)}")
         if epoch_prune < 1:
             raise ValueError(f"--epoch-prune {epoch_prune}: must be at least 1 (epochs between zeroings)")
-        self.graph, self.groups = graph, select_groups(graph, groups)
+        self.graph, self.groups = graph, graph.select(groups)
         self.rate, self.epoch_prune = check_rate(rate), epoch_prune
         self.bn, self.reset_momentum, self.zero_at_start = bn, reset_momentum, zero_at_start
         self.pruned = {}  # group id -> channels zeroed at the last zeroing
@@ -116,7 +80,7 @@ class SoftFilterZeroing(Hook):
         """Choose (on rank 0), broadcast, zero; return {group id: zeroed channels}."""
         pruned = broadcast_object(choose(model, self.groups, self.rate))
         zero_bn = self.bn == "always" or (self.bn == "end" and final)
-        zero_filters(model, self.groups, pruned, zero_bn, optimizer if self.reset_momentum else None)
+        zero_channels(model, self.graph, pruned, zero_bn, optimizer if self.reset_momentum else None)
         changed = sum(len(set(v) - set(self.pruned.get(k, ()))) for k, v in pruned.items()) if self.pruned else None
         self.pruned, self.zeroings = pruned, self.zeroings + 1
         total = sum(g.width for g in self.groups)

@@ -7,18 +7,20 @@ import pytest
 import torch
 
 from aofp import do_aofp
+from aofp.convert import zero_pruned
 from aofp.hook import AOFPSearch
-from aofp.prune import pruned_model, zero_pruned
 from aofp.search import LayerSearch, start_steps
 from base_model import build_model
-from tests.conftest import example_input, random_model, gloo_group, spawn_ranks
-from utils import dist
-from utils.channel_graph import arch_graph
-from utils.checkpoint import CheckpointError
-from utils.data import make_loaders
-from utils.engine import TrainConfig, Trainer
-from utils.flops import count
-from utils.store import model_from_hdf5, read_hdf5, save_hdf5
+from helpers import example_input, gloo_group, random_model, spawn_ranks
+from utils.pruning.channel_graph import arch_graph
+from utils.pruning.convert import convert
+from utils.pruning.flops import count
+from utils.pruning.surgery import keep as keep_channels
+from utils.tools.store import model_from_hdf5, read_hdf5, save_hdf5
+from utils.training import dist
+from utils.training.checkpoint import CheckpointError
+from utils.training.data import make_loaders
+from utils.training.engine import TrainConfig, Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER = "stage1.block0.conv1.conv"  # src20's first internal conv: 16 filters
@@ -171,9 +173,10 @@ def test_masked_and_pruned_models_give_the_same_logits(arch):
     x = example_input(arch)
     with torch.no_grad():
         masked = model(x)
-        small, deps = pruned_model(model, arch, graph, hook.keeps())
-        assert deps != model.deps
-        assert (small.eval()(x) - masked).abs().max() < 1e-4
+        small = convert(model, graph, {g: keep_channels(idx) for g, idx in hook.keeps().items()},
+                        lambda deps: build_model(arch, deps), lambda: [x]).model
+        assert small.deps != model.deps
+        assert (small(x) - masked).abs().max() < 1e-4
         hook.detach()  # the plain model, with the pruned filters zeroed, is the masked model too
         assert (zero_pruned(model, graph, hook.keeps())(x) - masked).abs().max() < 1e-4
 
@@ -222,6 +225,7 @@ def test_do_aofp_prunes_proves_and_finetunes(tmp_path, capsys):
     model = half_zero_model()
     save_hdf5(base, model.state_dict(), deps=model.deps, arch="src20")
     out = tmp_path / "run"
+    # --base: the original's flag, an alias of --init
     do_aofp.main(["-a", "src20", "--base", str(base), "--data", "synthetic", "--device", "cpu", "-o", str(out),
                   "--iters-per-half", "4", "--warmup-iters", "0", "--thresh", "10", "--flops-target", "0.9",
                   "--epochs", "2", "--batch-size", "32", "--ft-epochs", "1", "--ft-batch-size", "32"])
@@ -229,21 +233,23 @@ def test_do_aofp_prunes_proves_and_finetunes(tmp_path, capsys):
     assert "max |logit difference| trained vs converted" in log and "MACs below the target" in log
     diff = float(log.split("max |logit difference| trained vs converted: ")[1].split()[0])
     assert diff < 1e-4
-    _, deps, attrs = read_hdf5(out / "finish_pruned.hdf5")
-    assert sum(deps) < sum(model.deps) and attrs["macs_ratio"] < 0.9 and attrs["max_logit_diff"] < 1e-4
+    _, deps, attrs = read_hdf5(out / "finish_converted.hdf5")
+    conv = attrs["conversion"]
+    assert sum(deps) < sum(model.deps) and conv["macs_ratio"] < 0.9 and conv["max_logit_diff"] < 1e-4
     masked, _, _ = model_from_hdf5(out / "finish.hdf5")  # the plain full-width model is the masked one
-    small, _, small_deps = model_from_hdf5(out / "finish_pruned.hdf5")
+    small, _, small_deps = model_from_hdf5(out / "finish_converted.hdf5")
     assert small_deps == deps
     x = example_input("src20", batch=4)
     with torch.no_grad():
         assert (masked(x) - small(x)).abs().max() < 1e-4
     tuned, _, tuned_deps = model_from_hdf5(out / "finetune" / "finish.hdf5")
-    assert tuned_deps == deps and "fine-tuned: top1" in capsys.readouterr().out
+    assert tuned_deps == deps and "src20 AOFP fine-tuned on synthetic: top1" in capsys.readouterr().out
 
 
 def test_bad_input_is_refused_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"vc_train/finish.hdf5: make it with `python train_base_model.py -a vc`"):
+    with pytest.raises(FileNotFoundError, match=r"vc_train/finish.hdf5: no such file; make the base model with "
+                                                r"`python train_base_model.py -a vc`"):
         do_aofp.main(["-a", "vc"])
     with pytest.raises(FileNotFoundError, match="python transform_torchvision.py"):
         do_aofp.main(["-a", "sres50"])
@@ -261,4 +267,4 @@ def test_script_runs_from_the_repo_root_without_pythonpath(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run([sys.executable, os.path.join(REPO, "aofp", "do_aofp.py"), "-a", "vc", "--base",
                         str(tmp_path / "none.hdf5")], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert r.returncode == 2 and "error: --base" in r.stderr and "python train_base_model.py -a vc" in r.stderr
+    assert r.returncode == 2 and "error: --init" in r.stderr and "python train_base_model.py -a vc" in r.stderr

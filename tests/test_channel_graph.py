@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from base_model.layers import conv_bn
-from utils.channel_graph import UnsupportedOpError, arch_graph, build_channel_graph
+from helpers import FlattenNet
+from utils.pruning.channel_graph import UnsupportedOpError, arch_graph, build_channel_graph
 
 
 def roles(arch):
@@ -55,20 +55,6 @@ def test_vc_chain_into_linear():
     assert [grp.deps_indices for grp in g.groups] == [[i] for i in range(13)]
     assert [(c.module, c.kind, c.block) for c in g.groups[12].consumers] == [("linear1", "linear", 1)]
     assert g.groups[3].consumers[0].module == "stem.conv5.conv"
-
-
-class FlattenNet(nn.Module):
-    """A conv map flattened at 3x3 into a linear: 9 columns per channel."""
-
-    def __init__(self, wa=4, wb=5):
-        super().__init__()
-        self.a = conv_bn(3, wa, 3, relu=True)
-        self.b = conv_bn(wa, wb, 3, relu=True)
-        self.pool = nn.AvgPool2d(2)
-        self.fc = nn.Linear(wb * 9, 2)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.b(self.a(x))), 1))
 
 
 def test_linear_block_after_flatten():

@@ -6,22 +6,25 @@ import matplotlib.image
 import pytest
 
 import compare_methods
-from utils.channel_graph import arch_graph
-from utils.cli import run_main
-from utils.flops import count
+from base_model import default_deps
+from csgd.comparison import ratio_for
+from sfp.comparison import rate_for
+from utils.command import run_main
+from utils.pruning.channel_graph import arch_graph
+from utils.pruning.flops import count
 
 
 @pytest.mark.parametrize("arch", ["src20", "src56", "vc"])
 def test_csgd_ratio_and_sfp_rate_meet_the_macs_target(arch):
     graph = arch_graph(arch)
-    base = count(graph, compare_methods.default_deps(arch))[0]
-    for pick in (compare_methods.csgd_ratio, compare_methods.sfp_rate):
+    base = count(graph, default_deps(arch))[0]
+    for pick in (ratio_for, rate_for):
         for target in (0.5, 0.7):
             value, deps = pick(arch, target)
             assert 0 < float(value) < 1
             assert abs(count(graph, deps)[0] / base - target) < 0.03, (pick.__name__, arch, target)
             internal = {p.index for g in graph.by_role("internal") for p in g.producers}
-            assert all(d == w for i, (d, w) in enumerate(zip(deps, compare_methods.default_deps(arch)))
+            assert all(d == w for i, (d, w) in enumerate(zip(deps, default_deps(arch)))
                        if i not in internal)  # only internal layers are pruned, as ResRep and AOFP
 
 

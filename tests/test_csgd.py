@@ -7,21 +7,20 @@ import pytest
 import torch
 
 from base_model import build_model
-from conftest import example_input, random_model
 from csgd import do_csgd
 from csgd.centripetal import CentripetalHook, clustered_tensors
 from csgd.clustering import ClusteringError, check_clusters, cluster_groups, even_clusters, kmeans
-from csgd.convert import convert_model
-from utils.channel_graph import arch_graph_at
-from csgd.schedule import SCOPES, default_schedule, target_deps
-from utils import dist
-from utils.channel_graph import arch_graph
-from utils.cli import run_main
-from utils.data import make_loaders
-from utils.engine import TrainConfig, Trainer, param_groups
-from utils.flops import count
-from utils.store import read_hdf5, save_hdf5
-from tests.conftest import spawn_ranks
+from csgd.schedule import default_schedule, target_deps
+from helpers import example_input, random_model, spawn_ranks
+from utils.command import run_main
+from utils.pruning.channel_graph import PRUNABLE_ROLES, arch_graph, arch_graph_at
+from utils.pruning.convert import convert
+from utils.pruning.flops import count
+from utils.pruning.surgery import merge
+from utils.tools.store import read_hdf5, save_hdf5
+from utils.training import dist
+from utils.training.data import make_loaders
+from utils.training.engine import TrainConfig, Trainer, param_groups
 
 SMOKE = ["--data", "synthetic", "--batch-size", "32", "--lr", "0.1", "--milestones", "100", "--eval-every", "100",
          "--device", "cpu", "--deterministic"]
@@ -208,15 +207,17 @@ def test_identical_filters_convert_exactly(arch, itr):
                 for c in cs:
                     state[key][c] = state[key][c[0]].clone()
     model.load_state_dict(state)
-    narrow_model, info = convert_model(model, arch, graph, clusters)
-    assert narrow_model.deps == target
     x = example_input(arch)
+    decisions = {g: merge(c) for g, c in clusters.items()}
+    conv = convert(model, graph, decisions, lambda deps: build_model(arch, deps), lambda: [x])
+    narrow_model, info = conv.model, conv.info
+    assert narrow_model.deps == target
     with torch.no_grad():
         before, after = model.eval()(x), narrow_model(x)
     assert before.abs().max() > 1e-2
     # float32 round-off grows with sres50's logit scale (~70); in float64 the identity is plain to see
     assert (before - after).abs().max().item() < max(1e-4, 1e-5 * before.abs().max().item())
-    narrow64, _ = convert_model(model.double(), arch, graph, clusters)
+    narrow64 = convert(model.double(), graph, decisions, lambda deps: build_model(arch, deps), lambda: [x.double()]).model
     with torch.no_grad():
         assert (model(x.double()) - narrow64(x.double())).abs().max().item() < 1e-9
     assert info["macs_after"] == count(arch_graph(arch), target)[0]
@@ -236,7 +237,8 @@ def test_schedule_macs_match_the_originals_tables():
         assert got == rows, arch
     deps = target_deps("sres50", arch_graph("sres50"), default_schedule("sres50"), 0)
     assert deps[:14] == [64, 256, 45, 45, 256, 45, 45, 256, 45, 45, 256, 512, 90, 90]
-    assert SCOPES[default_schedule("src56").scope] == SCOPES["all"]
+    assert default_schedule("src56").groups == "all" and default_schedule("sres50").groups == "internal"
+    assert {g.role for g in arch_graph("src56").select(default_schedule("src56").groups)} <= set(PRUNABLE_ROLES)
 
 
 # --- iterations, end to end -----------------------------------------------------------------------
@@ -262,18 +264,17 @@ def test_iterations_chain_convert_within_the_deviation_and_are_not_redone(base_f
     argv = ["-a", "src20", "--init", base_file, "--models-dir", models, *SMOKE, "--epochs", "2", "--max-steps", "40",
             "--batch-size", "16", "--eps", "5"]
     result = do_csgd.run(do_csgd.parse([*argv, "-i", "0"]))
-    info = result["conversion"]
+    itr0 = os.path.join(models, "src20_train", "itr0")
+    state, deps, attrs = read_hdf5(os.path.join(itr0, "finish_converted.hdf5"))
+    info = attrs["conversion"]
     dev = info["max_deviation"]
     assert dev["kernel"] < 1e-6 and dev["bn_weight"] < 1e-6 and dev["bn_stats"] < 1e-2, dev
-    assert info["max_logit_diff"] < max(1e-4, 10 * max(dev.values())), (info["max_logit_diff"], dev)
-    assert info["exact_diff"] < 1e-4  # the merge itself, whatever deviation is left
-    assert info["converted_top1"] == pytest.approx(info["trained_top1"], abs=1.0)
-    assert result["narrow_model"].deps == [13] * 7 + [26] * 7 + [52] * 7
+    assert info["raw_logit_diff"] < max(1e-4, 10 * max(dev.values())), (info["raw_logit_diff"], dev)
+    assert info["max_logit_diff"] < 1e-4  # the merge itself, against the cluster-averaged net
+    assert info["converted_metrics"]["top1"] == pytest.approx(info["trained_metrics"]["top1"], abs=1.0)
+    assert result.conversion.deps == deps == [13] * 7 + [26] * 7 + [52] * 7
     out = capsys.readouterr().out
     assert "max |logit difference| trained vs converted" in out and "cluster-averaged" in out and "MACs 40,813,184 -> 27,010,568" in out
-    itr0 = os.path.join(models, "src20_train", "itr0")
-    state, deps, attrs = read_hdf5(os.path.join(itr0, "pruned.hdf5"))
-    assert deps == result["narrow_model"].deps and "conversion" in attrs
     assert read_hdf5(os.path.join(itr0, "finish.hdf5"))[1] == [16] * 7 + [32] * 7 + [64] * 7
     assert {"clusters.json", "log.txt", "checkpoint.pth"} <= set(os.listdir(itr0))
     assert csgd([*argv, "-i", "0"]) == 0
@@ -281,7 +282,7 @@ def test_iterations_chain_convert_within_the_deviation_and_are_not_redone(base_f
     # -i 1 starts from itr0's converted model (no --init)
     argv1 = ["-a", "src20", "-i", "1", "--models-dir", models, *SMOKE, "--epochs", "1", "--max-steps", "2"]
     result1 = do_csgd.run(do_csgd.parse(argv1))
-    assert result1["model"].deps == deps and result1["narrow_model"].deps == [11] * 7 + [22] * 7 + [44] * 7
+    assert result1.model.deps == deps and result1.conversion.deps == [11] * 7 + [22] * 7 + [44] * 7
 
 
 def test_a_missing_previous_iteration_names_the_command(tmp_path, capsys):
@@ -347,7 +348,7 @@ def _ddp_worker(rank, world, base, out):
     argv = ["-a", "src20", "-i", "0", "--init", base, "--models-dir", out, *SMOKE, "--epochs", "1",
             "--max-steps", "2", "--cluster-seed", str(rank)]
     result = do_csgd.run(do_csgd.parse(argv))
-    torch.save({"clusters": result["clusters"], "state": result["model"].state_dict()},
+    torch.save({"clusters": result.hook.clusters, "state": result.model.state_dict()},
                os.path.join(out, f"rank{rank}.pt"))
 
 
@@ -357,4 +358,4 @@ def test_two_gloo_processes_share_clusters_and_weights(base_file, tmp_path):
     assert a["clusters"] == b["clusters"]
     for k in a["state"]:
         assert torch.equal(a["state"][k], b["state"][k]), k
-    assert os.path.exists(tmp_path / "src20_train" / "itr0" / "pruned.hdf5")
+    assert os.path.exists(tmp_path / "src20_train" / "itr0" / "finish_converted.hdf5")

@@ -7,9 +7,19 @@ import pytest
 import torch
 from PIL import Image
 
-from utils import data
-from utils.data import (CIFAR_PAD, DATASETS, MINI_ARCHIVE, DatasetNotFoundError, TensorLoader, crop_flip,
-                        decode_images, iter_archive_images, make_loaders, normalize_cifar)
+from utils.training import data
+from utils.training.data import (
+    CIFAR_PAD,
+    DATASETS,
+    MINI_ARCHIVE,
+    DatasetNotFoundError,
+    TensorLoader,
+    crop_flip,
+    decode_images,
+    iter_archive_images,
+    make_loaders,
+    normalize_cifar,
+)
 
 REAL_ARCHIVE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg.tar.gz")
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

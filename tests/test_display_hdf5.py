@@ -6,7 +6,8 @@ import torch
 
 import display_hdf5
 from base_model import build_model, default_deps
-from utils.store import save_hdf5
+from helpers import exit_code
+from utils.tools.store import save_hdf5
 
 
 def test_reports_arrays_totals_and_macs(tmp_path, capsys):
@@ -17,7 +18,7 @@ def test_reports_arrays_totals_and_macs(tmp_path, capsys):
         model.linear.bias.zero_()
     path = tmp_path / "narrow.hdf5"
     save_hdf5(path, model.state_dict(), deps=deps, arch="src20")
-    assert display_hdf5.main([str(path)]) == 0
+    assert exit_code(display_hdf5.main, [str(path)]) == 0
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("stage1.block0.conv1.conv.weight "))
     assert "(8, 16, 3, 3)" in line and "float32" in line
@@ -25,7 +26,7 @@ def test_reports_arrays_totals_and_macs(tmp_path, capsys):
     assert bias.split()[-2:] == ["10", "10"]  # ten exact zeros, ten near-zero
     n = sum(t.numel() for t in model.state_dict().values())
     assert f"{len(model.state_dict())} arrays, {n:,} numbers" in out
-    from utils.flops import arch_cost
+    from utils.pruning.flops import arch_cost
     c = arch_cost("src20", deps)
     assert f"src20: {c['macs']:,} MACs" in out and f"{c['params']:,} params" in out
     assert str(deps) in out
@@ -34,7 +35,7 @@ def test_reports_arrays_totals_and_macs(tmp_path, capsys):
 def test_file_without_deps(tmp_path, capsys):
     path = tmp_path / "plain.hdf5"
     save_hdf5(path, {"a": torch.ones(3)})
-    assert display_hdf5.main([str(path)]) == 0
+    assert exit_code(display_hdf5.main, [str(path)]) == 0
     assert "no deps" in capsys.readouterr().out
 
 
@@ -43,5 +44,5 @@ def test_missing_and_non_hdf5_files(tmp_path):
     junk.write_text("not hdf5")
     for path, needle in ((tmp_path / "none.hdf5", "no such file"), (junk, "not an hdf5 file")):
         r = subprocess.run([sys.executable, "display_hdf5.py", str(path)], capture_output=True, text=True)
-        assert r.returncode == 1
+        assert r.returncode == 2
         assert r.stderr.startswith("error:") and needle in r.stderr and len(r.stderr.splitlines()) == 1

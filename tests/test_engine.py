@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from base_model import build_model
-from utils import dist
-from utils.data import make_loaders
-from utils.engine import Hook, NonFiniteLossError, TrainConfig, Trainer, lr_factor, param_groups
-from tests.conftest import gloo_group, spawn_ranks
+from helpers import gloo_group, spawn_ranks
+from utils.training import dist
+from utils.training.data import make_loaders
+from utils.training.engine import Hook, NonFiniteLossError, TrainConfig, Trainer, lr_factor, param_groups
 
 
 class TinyNet(nn.Module):

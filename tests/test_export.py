@@ -6,10 +6,10 @@ import onnx
 import pytest
 import torch
 
-from conftest import example_input, random_deps, random_model
-from utils import export
-from utils.channel_graph import arch_graph
-from utils.store import save_hdf5
+from helpers import example_input, exit_code, random_deps, random_model
+from utils.pruning.channel_graph import arch_graph
+from utils.tools import export
+from utils.tools.store import save_hdf5
 
 
 @pytest.mark.parametrize("arch", ["src20", "vc"])
@@ -37,10 +37,10 @@ def test_the_command_exports_any_hdf5(tmp_path, capsys):
     deps = [16, 8, 16, 5, 16, 12, 16, 32, 9, 32, 30, 32, 16, 32, 64, 20, 64, 33, 64, 1, 64]
     model = random_model("src20", deps)
     save_hdf5(tmp_path / "narrow.hdf5", model.state_dict(), deps=deps, arch="src20")
-    assert export.main([str(tmp_path / "narrow.hdf5")]) == 0
+    assert exit_code(export.main, [str(tmp_path / "narrow.hdf5")]) == 0
     out = capsys.readouterr().out
     assert os.path.isfile(tmp_path / "narrow.onnx") and "BN fused" in out
     diff = float(out.rsplit("random images: ", 1)[1])
     assert diff < 1e-4
-    assert export.main([str(tmp_path / "missing.hdf5")]) == 1
+    assert exit_code(export.main, [str(tmp_path / "missing.hdf5")]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -9,9 +9,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from base_model import ARCHS, build_model, default_deps, get_arch
-from conftest import random_deps
-from utils.channel_graph import arch_graph
-from utils.flops import count, macs_per_channel
+from helpers import random_deps
+from utils.pruning.channel_graph import arch_graph
+from utils.pruning.flops import count
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,24 +41,8 @@ def test_agrees_with_torch_flop_counter(arch):
         assert count(graph, deps) == counted_by_torch(arch, deps)
 
 
-@pytest.mark.parametrize("arch", ["src56", "sres50", "vc"])
-def test_macs_per_channel_is_the_exact_saving(arch):
-    graph = arch_graph(arch)
-    deps = random_deps(graph, random.Random(5), low=0.5)
-    widths = graph.widths(deps)
-    saved = macs_per_channel(graph, widths)
-    macs = count(graph, deps)[0]
-    for g in graph.groups:
-        if widths[g.id] < 2:
-            continue
-        smaller = list(deps)
-        for p in g.producers:
-            smaller[p.index] -= 1
-        assert macs - count(graph, smaller)[0] == saved[g.id]
-
-
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "utils.flops", *args], cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "utils.pruning.flops", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 def test_cli_json():

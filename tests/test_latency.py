@@ -4,11 +4,11 @@ import re
 import torch
 
 from benchmarks import bench_latency
-from conftest import random_model
-from utils.channel_graph import arch_graph
-from utils.flops import count
-from utils.latency import deploy_form, measure
-from utils.store import save_hdf5
+from helpers import exit_code, random_model
+from utils.pruning.channel_graph import arch_graph
+from utils.pruning.flops import count
+from utils.tools.latency import deploy_form, measure
+from utils.tools.store import save_hdf5
 
 NARROW = [16, 8, 16, 8, 16, 8, 16, 32, 16, 32, 16, 32, 16, 32, 64, 32, 64, 32, 64, 32, 64]
 
@@ -31,7 +31,7 @@ def test_measure_times_both_forms_and_the_fused_form_is_equal():
 def test_the_benchmark_prints_speed_up_and_macs_ratio_for_a_converted_file(tmp_path, capsys):
     path = tmp_path / "converted.hdf5"
     save_hdf5(path, random_model("src20", NARROW).state_dict(), deps=NARROW, arch="src20")
-    assert bench_latency.main([str(path), "--repeats", "1", "--batches", "1,2"]) == 0
+    assert exit_code(bench_latency.main, [str(path), "--repeats", "1", "--batches", "1,2"]) == 0
     out = capsys.readouterr().out
     graph = arch_graph("src20")
     ratio = count(graph, NARROW)[0] / count(graph, [16] * 7 + [32] * 7 + [64] * 7)[0]
@@ -40,5 +40,5 @@ def test_the_benchmark_prints_speed_up_and_macs_ratio_for_a_converted_file(tmp_p
     for line in rows:  # measured speed-up and the MACs ratio side by side, on every row
         assert re.search(r"\d+\.\d\dx +" + f"{ratio:.3f}$", line), line
     assert f"MACs ratio {ratio:.3f}" in out
-    assert bench_latency.main(["-a", "src20", "--deps", "16,8", "--repeats", "1"]) == 1
+    assert exit_code(bench_latency.main, ["-a", "src20", "--deps", "16,8", "--repeats", "1"]) == 2
     assert "deps" in capsys.readouterr().err

@@ -9,19 +9,20 @@ import pytest
 import torch
 
 from base_model import build_model
+from helpers import TEST_INPUT, example_input, gloo_group, random_model, spawn_ranks
 from rr import exp_resrep
-from rr.compactor import Compactor, PrunedGroup, compactor_rule, graph_at, insert_compactors, resrep_model
+from rr.compactor import Compactor, PrunedGroup, compactor_rule, insert_compactors, resrep_model
 from rr.convert import convert_state, pruned_row_norm, zero_masked_rows
-from rr.masks import MacsCounter, group_deps, select_masks
+from rr.masks import MacsCounter, select_masks
 from rr.resrep import ResRepConfig, ResRepHook, reset_gradients
-from tests.conftest import TEST_INPUT, example_input, random_model, gloo_group, spawn_ranks
-from utils import dist
-from utils.channel_graph import arch_graph
-from utils.cli import base_weights, run_main
-from utils.data import make_loaders
-from utils.engine import TrainConfig, Trainer, param_groups
-from utils.flops import count
-from utils.store import load_hdf5, model_from_hdf5, read_hdf5, save_hdf5
+from utils.command import run_main
+from utils.pruning.channel_graph import arch_graph, arch_graph_at
+from utils.pruning.flops import count
+from utils.tools.store import load_hdf5, model_from_hdf5, read_hdf5, save_hdf5
+from utils.training import dist
+from utils.training.cli import base_weights
+from utils.training.data import make_loaders
+from utils.training.engine import TrainConfig, Trainer, param_groups
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +35,7 @@ def one_thread():
 
 def resrep(arch, seed=0):
     model = random_model(arch, seed=seed)
-    graph = graph_at(arch_graph(arch), model.deps)
+    graph = arch_graph_at(arch, model.deps)
     return model, graph, insert_compactors(model, graph)
 
 
@@ -127,12 +128,12 @@ def brute_force(graph, base_deps, norms, masked_now, target, granularity, at_lea
     widths = graph.widths(base_deps)
     base = count(graph, base_deps)[0]
     cur = {g: widths[g] - masked_now.get(g, 0) for g in norms}
-    cap = sum(masked_now.values()) + granularity if count(graph, group_deps(graph, base_deps, cur))[0] > target * base \
+    cap = sum(masked_now.values()) + granularity if count(graph, graph.deps_at(base_deps, cur))[0] > target * base \
         else math.inf
     entries = sorted(((float(v), gid, j) for gid, t in norms.items() for j, v in enumerate(t)), key=lambda e: e[0])
     attempt, chosen = {g: widths[g] for g in norms}, {g: [] for g in norms}
     for _, gid, j in entries:
-        met = count(graph, group_deps(graph, base_deps, attempt))[0] <= target * base
+        met = count(graph, graph.deps_at(base_deps, attempt))[0] <= target * base
         if met or sum(map(len, chosen.values())) >= cap:
             break
         if attempt[gid] <= at_least:
@@ -148,7 +149,7 @@ def test_incremental_macs_equal_a_full_recount():
     rng = random.Random(0)
     for _ in range(200):
         counter.remove_one(rng.choice([g.id for g in graph.groups if counter.widths[g.id] > 1]))
-    assert counter.macs == count(graph, group_deps(graph, deps, counter.widths))[0]
+    assert counter.macs == count(graph, graph.deps_at(deps, counter.widths))[0]
 
 
 @pytest.mark.parametrize("target, granularity, masked_now", [(0.5, 4, 0), (0.5, 10**6, 0), (0.3, 7, 2), (0.95, 4, 2)])
@@ -164,8 +165,8 @@ def test_selection_matches_brute_force(target, granularity, masked_now):
     widths = {pg.id: pg.group.width - len(got[pg.id]) for pg in groups}
     assert min(widths.values()) >= 3
     base = count(graph, deps)[0]
-    macs = count(graph, group_deps(graph, deps, widths))[0]
-    now = count(graph, group_deps(graph, deps, {pg.id: pg.group.width - masked_now[pg.id] for pg in groups}))[0]
+    macs = count(graph, graph.deps_at(deps, widths))[0]
+    now = count(graph, graph.deps_at(deps, {pg.id: pg.group.width - masked_now[pg.id] for pg in groups}))[0]
     n, cap = sum(map(len, got.values())), sum(masked_now.values()) + granularity
     if now > target * base and cap < 1000:
         assert n == cap and macs > target * base  # the cap binds before the target
@@ -232,8 +233,8 @@ def test_conversion_is_exact_with_random_compactors(arch):
 
 def test_conversion_of_residual_groups_is_exact_too():
     model = random_model("src20")
-    graph = graph_at(arch_graph("src20"), model.deps)
-    groups = insert_compactors(model, graph, roles=("internal", "residual"))
+    graph = arch_graph_at("src20", model.deps)
+    groups = insert_compactors(model, graph, groups="internal,residual")
     perturb_compactors(groups)
     random_masks(groups)
     check_conversion("src20", model, graph, groups, example_input("src20"))
@@ -267,7 +268,7 @@ def _ddp_worker(rank, world, out):
     with gloo_group() as ctx:
         torch.manual_seed(0)
         model = build_model("src20")
-        graph = graph_at(arch_graph("src20"), model.deps)
+        graph = arch_graph_at("src20", model.deps)
         groups = insert_compactors(model, graph)
         cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, schedule="cosine", max_steps=6, output=out)
         train, val = make_loaders("synthetic", None, 16, "cpu", rank, world, image_size=16, num_classes=10)
@@ -336,10 +337,11 @@ def test_resumed_run_equals_an_uninterrupted_one(base_file, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--init", "/nonexistent/src20.hdf5"], "make the base model with `python train_base_model.py -a src20`"),
+    (["--init", "/nonexistent/src20.hdf5"], "/nonexistent/src20.hdf5: no such file (the default base model, "
+                                            "src20_train/finish.hdf5, is made by `python train_base_model.py -a src20`)"),
     (["--num-at-least", "0"], "--num-at-least must be at least 1, got 0"),
     (["--flops-target", "1.5"], "--flops-target is the fraction of MACs to keep"),
-    (["--roles", "output"], "cannot prune groups of role 'output'"),
+    (["--roles", "output"], "--groups 'output': use 'all' or a comma list of roles"),
 ])
 def test_bad_input_gives_one_error_line(base_file, tmp_path, capsys, extra, needle):
     with pytest.raises(SystemExit) as e:

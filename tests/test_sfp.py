@@ -6,16 +6,18 @@ import pytest
 import torch
 
 from base_model import build_model
+from helpers import example_input, gloo_group, random_model, spawn_ranks
 from sfp import do_sfp
-from sfp.convert import small_model
+from sfp.convert import kept
 from sfp.flops import sfp_cifar_flops, sfp_cifar_reduction
-from sfp.zeroing import SoftFilterZeroing, choose, num_pruned, select_groups, zero_filters
-from tests.conftest import example_input, random_model, gloo_group, spawn_ranks
-from utils import dist
-from utils.channel_graph import arch_graph
-from utils.data import make_loaders
-from utils.engine import TrainConfig, Trainer
-from utils.store import read_hdf5
+from sfp.zeroing import SoftFilterZeroing, choose, num_pruned
+from utils.pruning.channel_graph import arch_graph
+from utils.pruning.convert import convert
+from utils.pruning.zeroing import zero_channels
+from utils.tools.store import read_hdf5
+from utils.training import dist
+from utils.training.data import make_loaders
+from utils.training.engine import TrainConfig, Trainer
 
 
 def _rows(model, name):
@@ -24,7 +26,7 @@ def _rows(model, name):
 
 def test_zeroing_picks_the_lowest_summed_norms_and_floors_the_count():
     model, graph = random_model("src20"), arch_graph("src20")
-    groups = select_groups(graph)
+    groups = graph.select("all")
     assert {g.role for g in groups} == {"internal", "residual"} and len(groups) == len(graph.groups)
     pruned = choose(model, groups, 0.7)
     for g in groups:
@@ -33,7 +35,7 @@ def test_zeroing_picks_the_lowest_summed_norms_and_floors_the_count():
         assert n == num_pruned(g.width, 0.7) and len(pruned[g.id]) == n
         assert set(pruned[g.id]) == set(torch.topk(norms, n, largest=False).indices.tolist())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    zero_filters(model, groups, pruned)
+    zero_channels(model, graph, pruned)
     after = model.state_dict()
     for g in groups:
         gone = torch.zeros(g.width, dtype=torch.bool)
@@ -43,17 +45,17 @@ def test_zeroing_picks_the_lowest_summed_norms_and_floors_the_count():
                 assert (after[name][gone] == 0).all() and torch.equal(after[name][~gone], before[name][~gone]), name
             assert torch.equal(after[f"{p.bn}.running_mean"], before[f"{p.bn}.running_mean"])
     # --groups internal: one conv per group; the residual stream stays whole
-    internal = select_groups(graph, "internal")
+    internal = graph.select("internal")
     assert internal and all(g.role == "internal" and len(g.producers) == 1 for g in internal)
     assert [len(v) for v in choose(model, internal, 0.5).values()] == [g.width // 2 for g in internal]
 
 
 def test_faithful_zeroing_leaves_bn_alone():
     model, graph = random_model("vc"), arch_graph("vc")
-    groups = select_groups(graph)
+    groups = graph.select("all")
     bn_before = {k: v.clone() for k, v in model.state_dict().items() if ".bn." in k}
     pruned = choose(model, groups, 0.6)
-    zero_filters(model, groups, pruned, zero_bn=False)
+    zero_channels(model, graph, pruned, bn=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in bn_before.items())
     assert all((_rows(model, g.producers[0].conv)[pruned[g.id]] == 0).all() for g in groups)
 
@@ -70,11 +72,11 @@ def _sgd_step(model, opt, seed):
 def test_zeroed_filters_regrow_after_a_step_unless_their_momentum_is_reset(reset_momentum):
     torch.manual_seed(0)
     model, graph = build_model("src20").train(), arch_graph("src20")
-    groups = select_groups(graph)
+    groups = graph.select("all")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     _sgd_step(model, opt, 0)
     pruned = choose(model, groups, 0.7)
-    zero_filters(model, groups, pruned, optimizer=opt if reset_momentum else None)
+    zero_channels(model, graph, pruned, optimizer=opt if reset_momentum else None)
     _sgd_step(model, opt, 1)
     regrown = [(_rows(model, p.conv)[pruned[g.id]].norm(dim=1) > 0).all().item()
                for g in groups for p in g.producers]
@@ -85,10 +87,11 @@ def test_zeroed_filters_regrow_after_a_step_unless_their_momentum_is_reset(reset
                                          ("sres50", "all"), ("vc", "all")])
 def test_small_model_equals_zeroed_model(arch, groups):
     model, graph = random_model(arch), arch_graph(arch)
-    chosen = select_groups(graph, groups)
+    chosen = graph.select(groups)
     pruned = choose(model, chosen, 0.7)
-    zero_filters(model, chosen, pruned)
-    small, deps = small_model(model, arch, graph, pruned)
+    zero_channels(model, graph, pruned)
+    conv = convert(model, graph, kept(graph, pruned), lambda deps: build_model(arch, deps), lambda: [example_input(arch)])
+    small, deps = conv.model, conv.deps
     for g in graph.groups:
         want = g.width - num_pruned(g.width, 0.7) if g in chosen else g.width
         assert all(deps[i] == want for i in g.deps_indices)
@@ -147,9 +150,10 @@ def test_do_sfp_writes_an_exact_small_model(tmp_path, capsys):
     full, deps_full, attrs = read_hdf5(out / "finish.hdf5")
     small, deps, small_attrs = read_hdf5(out / "finish_converted.hdf5")
     assert deps_full == build_model("src20").deps and sum(deps) < sum(deps_full)
-    assert small_attrs["max_logit_diff"] < 1e-4 and attrs["arch"] == "src20"
-    assert small_attrs["metrics"]["top1"] == small_attrs["zeroed_metrics"]["top1"]
-    assert set(attrs["sfp_pruned"]) == {g.producers[0].conv for g in arch_graph("src20").groups}
+    conv = small_attrs["conversion"]
+    assert conv["max_logit_diff"] < 1e-4 and attrs["arch"] == "src20" and attrs["conversion"] == conv
+    assert small_attrs["metrics"]["top1"] == conv["trained_metrics"]["top1"] == attrs["metrics"]["top1"]
+    assert set(attrs["decisions"]) == {g.producers[0].conv for g in arch_graph("src20").groups}
     build_model("src20", deps).load_state_dict(small)  # deps alone rebuild the small net
 
 
@@ -184,11 +188,11 @@ def test_default_training_zeroing_regrows_by_gradient_alone():
     # its BN bias, so with its momentum reset the gradient alone moves it (where that bias is positive).
     torch.manual_seed(0)
     model, graph = build_model("src20").train(), arch_graph("src20")
-    groups = select_groups(graph)
+    groups = graph.select("all")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=0)
     _sgd_step(model, opt, 0)
     pruned = choose(model, groups, 0.7)
-    zero_filters(model, groups, pruned, zero_bn=False, optimizer=opt)
+    zero_channels(model, graph, pruned, bn=False, optimizer=opt)
     _sgd_step(model, opt, 1)
     moved = torch.cat([(_rows(model, p.conv)[pruned[g.id]].norm(dim=1) > 0).float()
                        for g in groups for p in g.producers])

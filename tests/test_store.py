@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from base_model import build_model, default_deps
-from conftest import example_input, random_model
-from utils.channel_graph import arch_graph
-from utils.store import (WeightFileError, load_hdf5, load_state, model_from_hdf5, read_hdf5, save_hdf5)
-from utils.surgery import fuse_bn_state
+from helpers import example_input, random_model
+from utils.pruning.channel_graph import arch_graph
+from utils.pruning.surgery import fuse_bn_state
+from utils.tools.store import WeightFileError, load_hdf5, load_state, model_from_hdf5, read_hdf5, save_hdf5
 
 
 def test_round_trip_with_deps_and_attrs(tmp_path):

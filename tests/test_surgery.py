@@ -6,11 +6,10 @@ import torch
 from torch import nn
 
 from base_model import build_model
-from conftest import example_input, random_model
-from test_channel_graph import FlattenNet
-from utils.channel_graph import arch_graph, build_channel_graph
-from utils.flops import count
-from utils.surgery import SurgeryError, collapse, fold, fuse_bn, fuse_bn_state, keep, merge, narrow
+from helpers import FlattenNet, example_input, random_model
+from utils.pruning.channel_graph import arch_graph, build_channel_graph
+from utils.pruning.flops import count
+from utils.pruning.surgery import SurgeryError, collapse, fold, fuse_bn, fuse_bn_state, keep, merge, narrow
 
 ARCHS = ["src56", "sres50", "vc"]
 PRUNABLE = ("internal", "residual", "stem")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import train_base_model
-from utils.cli import run_main
-from utils.store import read_hdf5
+from utils.command import run_main
+from utils.tools.store import read_hdf5
 
 REAL_CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg.tar.gz")
 SMOKE = ["-a", "src20", "--data", "synthetic", "--epochs", "3", "--batch-size", "32", "--lr", "0.05",

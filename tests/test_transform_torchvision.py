@@ -8,8 +8,8 @@ import torchvision
 
 import transform_torchvision as tt
 from base_model import build_model
-from tests.conftest import randomize_bn
-from utils.store import load_state, read_hdf5
+from helpers import exit_code, randomize_bn
+from utils.tools.store import load_state, read_hdf5
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
@@ -37,7 +37,7 @@ def test_from_file_writes_hdf5_with_deps(tmp_path, capsys):
     tv = torchvision.models.resnet18()
     src, out = tmp_path / "r18.pth", tmp_path / "out.hdf5"
     torch.save({"state_dict": {f"module.{k}": v for k, v in tv.state_dict().items()}}, src)
-    assert tt.main(["-a", "sres18", "--from", str(src), "-o", str(out)]) == 0
+    assert exit_code(tt.main, ["-a", "sres18", "--from", str(src), "-o", str(out)]) == 0
     state, deps, attrs = read_hdf5(out)
     assert attrs["arch"] == "sres18" and len(deps) == 20  # stem, 16 block convs, 3 projections
     assert torch.equal(state["stage2.projection.conv.weight"], tv.layer2[0].downsample[0].weight)
@@ -51,7 +51,7 @@ def test_offline_points_to_from(monkeypatch, tmp_path, capsys):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(tt, "fetch", offline)
-    assert tt.main(["-o", str(tmp_path / "x.hdf5")]) == 1
+    assert exit_code(tt.main, ["-o", str(tmp_path / "x.hdf5")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "--from" in err and "resnet50-0676ba61.pth" in err
     assert not (tmp_path / "x.hdf5").exists()
@@ -64,7 +64,7 @@ def test_offline_points_to_from(monkeypatch, tmp_path, capsys):
     (["-a", "sres18", "--weights", "IMAGENET1K_V9"], "IMAGENET1K_V1"),
 ])
 def test_bad_input(argv, needle, capsys):
-    assert tt.main(argv) == 1
+    assert exit_code(tt.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and needle in err
 
@@ -72,5 +72,5 @@ def test_bad_input(argv, needle, capsys):
 def test_wrong_depth_file_is_refused(tmp_path, capsys):
     src = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), src)
-    assert tt.main(["-a", "sres34", "--from", str(src), "-o", str(tmp_path / "o.hdf5")]) == 1
+    assert exit_code(tt.main, ["-a", "sres34", "--from", str(src), "-o", str(tmp_path / "o.hdf5")]) == 2
     assert "missing from the file: stage1.block2" in capsys.readouterr().err

@@ -22,6 +22,11 @@ ADD_METHODS = {"add", "add_"}
 FLATTEN_FUNCTIONS = {torch.flatten}
 
 
+# Roles a method may prune (an "output" group feeds the logits directly). `--groups` takes "all" or a
+# comma list of these in every method; "internal" (one conv, one consumer) is what ResRep and AOFP prune.
+PRUNABLE_ROLES = ("internal", "residual", "stem", "fanout")
+
+
 class UnsupportedOpError(ValueError):
     """The model uses an op the channel graph cannot follow channels through."""
 
@@ -95,6 +100,30 @@ class ChannelGraph:
         if len(deps) != len(self.convs):
             raise ValueError(f"deps has {len(deps)} entries but the model has {len(self.convs)} convs")
         return {g.id: int(deps[g.producers[0].index]) for g in self.groups}
+
+    def deps_at(self, deps, widths):
+        """`deps` with the given {group id: width} (every producer of a group gets its width)."""
+        out = list(deps)
+        for gid, width in widths.items():
+            for p in self.groups[gid].producers:
+                out[p.index] = int(width)
+        return out
+
+    def select(self, groups="internal"):
+        """The channel groups a `--groups` value names: "all" prunable groups or a comma list of roles."""
+        return self.by_role(*parse_roles(groups))
+
+
+def parse_roles(groups):
+    """`--groups` text ("all", "internal", "internal,residual", ...) or a tuple of roles -> tuple of roles."""
+    if groups == "all":
+        return PRUNABLE_ROLES
+    roles = tuple(r.strip() for r in (groups.split(",") if isinstance(groups, str) else groups) if r.strip())
+    bad = [r for r in roles if r not in PRUNABLE_ROLES]
+    if bad or not roles:
+        raise ValueError(f"--groups {groups if isinstance(groups, str) else ','.join(groups)!r}: use 'all' or a "
+                         f"comma list of roles from {', '.join(PRUNABLE_ROLES)} (e.g. 'internal')")
+    return roles
 
 
 class _Groups:

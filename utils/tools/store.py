@@ -7,12 +7,13 @@ half-written file under the final name. Loading checks every name and shape.
 import json
 import os
 import sys
-import tempfile
 import time
 
 import h5py
 import numpy as np
 import torch
+
+from utils.atomic import atomic_write
 
 DEPS_KEY = "deps"
 # Older files, and our converted ones, may lack BN's step counter; it never affects outputs.
@@ -21,29 +22,6 @@ OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 class WeightFileError(ValueError):
     """A weight file that is missing, not hdf5, truncated, or does not fit the model."""
-
-
-def atomic_write(path, write):
-    """Call write(tmp_path), then rename tmp_path to path (same folder, so the rename is atomic)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the mode `open` would give
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def strip_prefix(state):
@@ -111,6 +89,18 @@ def read_hdf5(path):
     return state, deps, attrs
 
 
+def read_attrs(path):
+    """A weight file's attributes alone (arch, metrics, conversion, ...), without reading its weights."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise WeightFileError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: _decode(v) for k, v in f.attrs.items()}
+    except OSError as e:
+        raise WeightFileError(f"{path}: cannot read it as a weight file ({e})") from None
+
+
 def _decode(v):
     if isinstance(v, bytes):
         v = v.decode()
@@ -151,7 +141,7 @@ def load_state(model, state, allow_missing=(), source="weights"):
     if problems:
         hint = ""
         if any(k.endswith(".conv.bias") for k in state) and not any(".bn." in k for k in state):
-            hint = " (this looks like a BN-fused deploy file: build the model and call utils.surgery.fuse_bn first)"
+            hint = " (this looks like a BN-fused deploy file: build the model and call utils.pruning.surgery.fuse_bn first)"
         raise WeightFileError(f"{source} do not fit the model: {problems}{hint}")
     with torch.no_grad():
         for k, v in state.items():
@@ -183,25 +173,41 @@ def is_deploy_form(state):
     return any(k.endswith(".conv.bias") for k in state) and not any(k.endswith(".bn.weight") for k in state)
 
 
-def model_from_hdf5(path, arch=None, num_classes=None):
-    """Build the model a weight file describes (arch from the argument, the file or its names; widths
-    from its deps) and load it. Returns (model, arch, deps). A deploy-form file gives a BN-fused model."""
-    from base_model import build_model, default_deps
+def head_classes(state):
+    """The number of classes of a state dict's classifier (its linear layer's rows), or None."""
+    head = [k for k in state if k.endswith(("linear.weight", "fc.weight", "linear2.weight"))]
+    return int(state[head[0]].shape[0]) if head else None
 
-    from .channel_graph import arch_graph
-    from .surgery import fuse_bn
+
+def file_deps(state, arch):
+    """The conv widths a state dict holds, read from its conv weights (for files written without deps)."""
+    from utils.pruning.channel_graph import arch_graph
+
+    names = [f"{conv}.weight" for conv in arch_graph(arch).convs]
+    return [int(state[n].shape[0]) for n in names] if all(n in state for n in names) else None
+
+
+def model_from_hdf5(path, arch=None, num_classes=None, trainable=False):
+    """Build the model a weight file describes (arch from the argument, the file or its names; widths
+    from its deps, else its conv weights) and load it. Returns (model, arch, deps). A deploy-form file
+    gives a BN-fused model, or with `trainable` an error (training needs conv+BN)."""
+    from base_model import build_model, default_deps
+    from utils.pruning.channel_graph import arch_graph
+    from utils.pruning.surgery import fuse_bn
 
     state, deps, attrs = read_hdf5(path)
     state = strip_prefix(state)
     arch = arch or attrs.get("arch") or infer_arch(state, deps)
     if arch is None:
         raise WeightFileError(f"{path}: cannot tell which arch it holds; pass it with -a/--arch")
-    deps = deps or default_deps(arch)
-    head = [k for k in state if k.endswith(("linear.weight", "fc.weight", "linear2.weight"))]
-    if num_classes is None and head:
-        num_classes = int(state[head[0]].shape[0])
+    deploy = is_deploy_form(state)
+    if deploy and trainable:
+        raise WeightFileError(f"{path} has its BN folded into the convs (a deploy-form file); training starts "
+                              "from a conv+BN weight file such as a finish.hdf5 or finish_converted.hdf5")
+    deps = deps or file_deps(state, arch) or default_deps(arch)
+    num_classes = num_classes or head_classes(state)
     model = build_model(arch, deps, num_classes)
-    if is_deploy_form(state):
+    if deploy:
         fuse_bn(model, arch_graph(arch, num_classes))
     load_state(model, state, source=os.fspath(path))
     return model.eval(), arch, deps

@@ -1,15 +1,18 @@
 """The one training engine: train_base_model.py and all four methods run through `Trainer.fit`.
 
 Methods attach `Hook`s instead of copying the loop:
+  on_start(trainer)                      after any resume, before the first step: AOFP attaches its probes,
+                                         C-SGD binds its clusters, ResRep and C-SGD evaluate the start
   before_step(trainer, images, labels)  AOFP: masks and the ablated pass
   after_backward(trainer)                ResRep, C-SGD: rewrite gradients (after DDP's all-reduce)
   after_step(trainer)                    ResRep: mask updates; AOFP: the search
   on_epoch_end(trainer, epoch)           SFP: zeroing
-  on_end(trainer)                        every method: conversion
+  on_end(trainer)                        after the last step and the final evaluation, after the last
+                                         checkpoint: SFP's final zeroing (it re-evaluates). Conversion is
+                                         not a hook: the run skeleton (skeleton.py) converts after `fit`.
 and keep their state in `state_dict()`, which the resume checkpoint carries.
 """
 import dataclasses
-import json
 import math
 import os
 import time
@@ -19,10 +22,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from utils.atomic import write_json
+from utils.command import RunError
+
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .dist import all_reduce_sum
 from .runlog import RunLog, progress
-from .store import atomic_write
 
 
 @dataclass
@@ -60,11 +65,13 @@ class TrainConfig:
 RESUMABLE_CHANGES = {"eval_every", "eval_last", "ckpt_every", "log_every", "max_steps", "extra"}
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(RunError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
 class Hook:
+    """Does nothing at every point of the loop; a method overrides the points it needs."""
+
     def on_start(self, trainer): pass
     def before_step(self, trainer, images, labels): pass
     def after_backward(self, trainer): pass
@@ -73,6 +80,18 @@ class Hook:
     def on_end(self, trainer): pass
     def state_dict(self): return {}
     def load_state_dict(self, state): pass
+
+
+class EvaluateStart(Hook):
+    """Evaluate once before the first step of a fresh run and log it: the accuracy a method starts from."""
+
+    def __init__(self, what):
+        self.what = what
+
+    def on_start(self, trainer):
+        if trainer.step == 0:
+            m = trainer.evaluate()
+            trainer.log.log(f"{self.what}: top1 {m['top1']:.2f} top5 {m['top5']:.2f} loss {m['loss']:.4f}")
 
 
 def param_groups(model, cfg, rule=None):
@@ -227,8 +246,7 @@ class Trainer:
         """Train (resuming when a checkpoint is there), evaluate, run the end hooks; return metrics."""
         cfg = self.cfg
         if self.ctx.is_main:
-            atomic_write(os.path.join(cfg.output, "config.json"),
-                         lambda tmp: open(tmp, "w").write(json.dumps(self.config_dict(), indent=2, default=str)))
+            write_json(os.path.join(cfg.output, "config.json"), self.config_dict(), indent=2)
         resumed = self.try_resume()
         for h in self.hooks:
             h.on_start(self)

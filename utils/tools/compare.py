@@ -1,11 +1,33 @@
-"""What the comparison of the four methods writes: a markdown table, a JSON record and a PNG plot of
-accuracy against MACs. Pure functions of the rows that compare_methods.py measures."""
-import json
+"""The comparison's parts that are not orchestration: what it asks of each method (`Entry`, one per
+method package, in its comparison.py), and what it writes: a markdown table, a JSON record and a PNG
+plot of accuracy against MACs, pure functions of the rows compare_methods.py measures."""
 import os
+from dataclasses import dataclass, field
+from typing import Callable
 
-from .store import atomic_write
+from utils.atomic import atomic_write
 
 EXACT_TOL = 1e-3  # a conversion is exact when the logits agree within float32 round-off (|logits| ~ 10)
+
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a method (or a baseline) tells the comparison. Its stage runs `main(argv)`, the entry script
+    `script`, with `-a ARCH --init BASE -o FOLDER`, the flags `aim(arch, macs_target)` returns, and the
+    budget's flags; it is done when `done` (relative to its folder) exists. `note(conversion, setting)`
+    is the table's footnote: `conversion` is the converted file's `conversion` attribute, `setting` the
+    second value `aim` returned (the solved ratio or rate, or None)."""
+    name: str  # the stage folder and the JSON key: "resrep"
+    label: str  # "ResRep"
+    script: str  # as a user types it: "rr/exp_resrep.py"
+    main: Callable  # main(argv)
+    aim: Callable  # (arch, macs_target) -> (flags, setting)
+    budgets: dict = field(default_factory=dict)  # {"demo": flags, "smoke": flags}; "paper": the recipe's own
+    note: Callable = lambda conversion, setting: ""
+    final: str | None = None  # a network trained after the conversion (AOFP's fine-tune), relative path
+    done: str = "finish_converted.hdf5"
+
 
 COLUMNS = [  # (header, key, format)
     ("method", "label", "{}"),
@@ -57,14 +79,6 @@ def report_markdown(rows, settings, notes, commands, onnx=False):
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Commands of each stage", "", *[f"    {c}" for c in commands], ""]
     return "\n".join(lines)
-
-
-def write_text(path, text):
-    atomic_write(path, lambda tmp: open(tmp, "w").write(text))
-
-
-def write_json(path, record):
-    write_text(path, json.dumps(record, indent=1, default=str) + "\n")
 
 
 def plot(rows, path, title, macs_target=None):

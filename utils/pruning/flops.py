@@ -7,13 +7,14 @@ width vector is a sum over the graph's layers, and the change from one channel i
 Unlike the original ResNet-56 script, which counts the two 1x1 projections as 2x2 kernels
 (126,534,272 base MACs), we count them as 1x1: 125,747,840.
 
-    python -m utils.flops -a src56 [--deps 16,16,...] [--json]
+    python -m utils.pruning.flops -a src56 [--deps 16,16,...] [--json]
 """
 import argparse
 import json
-import sys
 
 import torch
+
+from utils.command import run_main
 
 from .channel_graph import arch_graph
 
@@ -42,16 +43,11 @@ def count(graph, deps):
             sum(layer_params(lc, widths) for lc in graph.layers))
 
 
-def macs_per_channel(graph, widths):
-    """Group id -> MACs saved by removing one channel of that group (at the given widths)."""
-    saved = {g.id: 0 for g in graph.groups}
-    for lc in graph.layers:
-        cin, cout = _widths(lc, widths)
-        if lc.in_group is not None:
-            saved[lc.in_group] += lc.kernel * cout * lc.spatial
-        if lc.out_group is not None:
-            saved[lc.out_group] += cin * lc.spatial
-    return saved
+def closest_to_target(graph, base_deps, candidates, target):
+    """The (value, deps) among `candidates` whose MACs, as a fraction of `base_deps`' MACs, come nearest
+    `target` (ties: fewer MACs): how a method with a width knob rather than a MACs target is aimed."""
+    base = count(graph, base_deps)[0]
+    return min(candidates, key=lambda c: (abs(count(graph, c[1])[0] / base - target), count(graph, c[1])[0]))
 
 
 def arch_cost(arch, deps=None):
@@ -76,18 +72,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         deps = None if args.deps is None else [int(x) for x in args.deps.split(",")]
-        info = arch_cost(args.arch, deps)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError:
+        raise ValueError(f"--deps {args.deps}: expected comma-separated integers") from None
+    info = arch_cost(args.arch, deps)
     if args.json:
         print(json.dumps(info))
     else:
         print(f"{info['arch']}: {info['macs']:,} MACs ({info['macs_ratio']:.2%} of base), "
               f"{info['params']:,} params ({info['params_ratio']:.2%} of base)")
         print(f"deps: {info['deps']}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -1,22 +1,23 @@
 """ONNX export of a (converted) network in its deploy form: every BN fused into its conv, eval mode,
 a dynamic batch dimension. `check_onnx` runs the file in ONNX Runtime and compares with PyTorch.
 
-    python -m utils.export resrep_models/src56_train/finish_converted.hdf5            # -> ..._converted.onnx
-    python -m utils.export FILE.hdf5 -o model.onnx --batch 8
+    python -m utils.tools.export resrep_models/src56_train/finish_converted.hdf5            # -> ..._converted.onnx
+    python -m utils.tools.export FILE.hdf5 -o model.onnx --batch 8
 """
 import argparse
 import contextlib
 import io
 import os
-import sys
 import warnings
 
 import torch
 
 from base_model import get_arch
+from utils.atomic import atomic_write
+from utils.command import run_main
 
 from .latency import deploy_form
-from .store import atomic_write, model_from_hdf5
+from .store import model_from_hdf5
 
 INPUT, OUTPUT = "images", "logits"
 
@@ -64,19 +65,14 @@ def main(argv=None):
     p.add_argument("-o", "--output", help="the .onnx file (default: beside the hdf5, same name)")
     p.add_argument("--batch", type=int, default=4, help="images in the ONNX Runtime check (default %(default)s)")
     args = p.parse_args(argv)
-    try:
-        model, arch, deps = model_from_hdf5(args.file, args.arch)
-        out = args.output or os.path.splitext(args.file)[0] + ".onnx"
-        fused = export_onnx(model, arch, out)
-        size = get_arch(arch).input_size
-        diff = check_onnx(out, fused, torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    model, arch, deps = model_from_hdf5(args.file, args.arch)
+    out = args.output or os.path.splitext(args.file)[0] + ".onnx"
+    fused = export_onnx(model, arch, out)
+    size = get_arch(arch).input_size
+    diff = check_onnx(out, fused, torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)))
     print(f"{arch} deps {deps} -> {out} ({os.path.getsize(out):,} bytes, BN fused, dynamic batch); "
           f"max |logit difference| ONNX Runtime vs PyTorch on {args.batch} random images: {diff:.3g}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -1,9 +1,13 @@
+"""What several test files share: random models with non-trivial BN, small inputs, random widths, two
+gloo ranks on the CPU. Imported as `helpers` (pytest.ini puts tests/ on the path)."""
 import contextlib
 
+import pytest
 import torch
 from torch import nn
 
 from base_model import build_model
+from base_model.layers import conv_bn
 
 # Small inputs keep the ImageNet nets fast on CPU; global pooling is adaptive.
 TEST_INPUT = {"src56": 32, "src20": 32, "sres18": 64, "sres50": 64, "vc": 32}
@@ -49,6 +53,15 @@ def random_deps(graph, rng, low=0.3):
     return deps
 
 
+def exit_code(main, *args):
+    """Run main(*args) as its command line does (utils.command.run_main) and return the exit code."""
+    from utils.command import run_main
+
+    with pytest.raises(SystemExit) as e:
+        run_main(main, *args)
+    return e.value.code
+
+
 def free_port():
     import socket
 
@@ -76,10 +89,24 @@ def _as_rank(rank, world, port, worker, args):
 @contextlib.contextmanager
 def gloo_group():
     """The process group of a spawned rank (gloo on CPU), torn down on exit."""
-    from utils import dist
+    from utils.training import dist
 
     ctx = dist.setup("cpu")
     try:
         yield ctx
     finally:
         dist.cleanup()
+
+
+class FlattenNet(nn.Module):
+    """A conv map flattened at 3x3 into a linear: 9 columns per channel."""
+
+    def __init__(self, wa=4, wb=5):
+        super().__init__()
+        self.a = conv_bn(3, wa, 3, relu=True)
+        self.b = conv_bn(wa, wb, 3, relu=True)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(wb * 9, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.b(self.a(x))), 1))

@@ -84,3 +84,10 @@ def broadcast_object(obj, src=0):
 def barrier():
     if dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_buffers(model):
+    """Rank 0's buffers (BN statistics) on every rank, so that all ranks convert and evaluate one network."""
+    if dist.is_initialized():
+        for b in model.buffers():
+            dist.broadcast(b, 0)

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import torch
 
-from .store import atomic_write
+from utils.atomic import atomic_write
 
 
 class CheckpointError(ValueError):

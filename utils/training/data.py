@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .dist import barrier
+
 DATASETS = ("cifar10", "cifar10-mini", "imagenet", "synthetic")
 DEFAULT_ROOTS = {"cifar10": "cifar10_data", "imagenet": "imagenet_data"}
 MINI_ARCHIVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets", "cifar10-mini.tar.gz")
@@ -91,15 +93,14 @@ def _check_classes(dataset, found, num_classes):
 def _rank0_first(rank, world_size, load):
     """Rank 0 loads first (decoding, downloading, writing the cache) while the others wait, then they
     load too, from its cache: concurrent ranks would otherwise all decode and download at once."""
-    dist = torch.distributed
-    if world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+    if world_size == 1:
         return load()
     if rank == 0:
         try:
             return load()
         finally:
-            dist.barrier()
-    dist.barrier()
+            barrier()
+    barrier()
     return load()
 
 
@@ -370,7 +371,7 @@ def _writable(folder):
 
 
 def _cached(path, build, show):
-    from .store import atomic_write
+    from utils.atomic import atomic_write
     path = os.path.realpath(path)
     key = _source_key(path)
     candidates = _cache_paths(path, key)

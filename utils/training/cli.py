@@ -1,6 +1,5 @@
 """The command line every entry script shares: all TrainConfig knobs, recipe defaults, clean errors."""
 import argparse
-import sys
 
 from .dist import add_launcher_args
 from .engine import TrainConfig
@@ -59,19 +58,3 @@ def train_config(args, recipe, **extra):
         values["milestones"] = tuple(max(1, round(m * scale)) for m in recipe.get("milestones", ()))
     values["extra"] = {**extra, **{k: v for k, v in vars(args).items() if k not in fields}}
     return TrainConfig(**values)
-
-
-def run_main(main):
-    """Run a script's main(); known errors (DepsError, CheckpointError, WeightFileError and data errors
-    are ValueErrors or FileNotFoundErrors) become one `error:` line and exit code 2."""
-    from .engine import NonFiniteLossError
-
-    try:
-        code = main()
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
-        code = 130
-    sys.exit(code or 0)

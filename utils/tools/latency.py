@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from .channel_graph import arch_graph
-from .surgery import fuse_bn
+from utils.pruning.channel_graph import arch_graph
+from utils.pruning.surgery import fuse_bn
 
 FORMS = ("conv+bn", "fused")
 

@@ -1,0 +1,19 @@
+"""What ResRep tells the comparison (compare_methods.py): it meets a MACs target by itself."""
+from rr import exp_resrep
+from utils.tools.compare import Entry
+
+ENTRY = Entry(
+    "resrep", "ResRep", "rr/exp_resrep.py", exp_resrep.main,
+    aim=lambda arch, target, groups: (["--flops-target", f"{target:g}"], None),
+    budgets={
+        # src20 on cifar10-mini, 6 epochs: masks from step 39, 32 more rows every 10 steps (the target is met
+        # near step 100), and lr 0.03 so the masked rows decay in 6 epochs rather than 480
+        "demo": ["--epochs", "6", "--lr", "0.03", "--before-mask-iters", "39", "--mask-interval", "10",
+                 "--begin-granularity", "32", "--lasso-strength", "5e-3"],
+        "smoke": ["--epochs", "1", "--max-steps", "3", "--before-mask-iters", "0", "--mask-interval", "1",
+                  "--begin-granularity", "1000"],
+    },
+    note=lambda conversion, setting: (
+        "ResRep: logit diff against the trained net with its masked compactor rows zeroed; the largest norm "
+        f"among the pruned rows was {conversion['pruned_row_norm']:.3g} (it decays to 0 over a full run)."),
+)

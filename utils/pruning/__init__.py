@@ -1,0 +1,2 @@
+"""The pruning core: channel graph, surgery, zeroing, FLOPs, the proof and the convert-and-prove step.
+Works on any nn.Module whose channels the graph can follow; imports nothing from training or tools."""

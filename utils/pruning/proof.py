@@ -1,0 +1,38 @@
+"""The proof every conversion prints: the largest logit difference between a trained network and its
+converted narrow form on real images, with old and new deps, MACs and params."""
+import torch
+
+from .flops import count
+
+
+@torch.no_grad()
+def max_logit_diff(model_a, model_b, batches, max_batches=4):
+    """Largest |logit difference| over the first `max_batches` of `batches` (images, or (images, labels)
+    pairs), both models in eval mode (their modes are restored after)."""
+    was = model_a.training, model_b.training
+    model_a.eval(), model_b.eval()
+    worst = 0.0
+    try:
+        for i, batch in enumerate(batches):
+            if i >= max_batches:
+                break
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            worst = max(worst, (model_a(images).float() - model_b(images).float()).abs().max().item())
+    finally:
+        model_a.train(was[0]), model_b.train(was[1])
+    return worst
+
+
+def conversion_summary(graph, old_deps, new_deps, diff):
+    """A dict with deps, MACs and params before and after and the logit difference, and its printed lines
+    under "lines". `graph` is any channel graph of the arch (counts depend on the deps alone)."""
+    (m0, p0), (m1, p1) = count(graph, old_deps), count(graph, new_deps)
+    info = {"old_deps": list(old_deps), "new_deps": list(new_deps), "max_logit_diff": diff,
+            "macs_before": m0, "macs_after": m1, "params_before": p0, "params_after": p1,
+            "macs_ratio": m1 / m0, "params_ratio": p1 / p0}
+    info["lines"] = [
+        f"old deps: {list(old_deps)}",
+        f"new deps: {list(new_deps)}",
+        f"MACs {m0:,} -> {m1:,} ({m1 / m0:.2%}); params {p0:,} -> {p1:,} ({p1 / p0:.2%})",
+    ]
+    return info

@@ -1,4 +1,4 @@
-"""The command line every entry script shares: all TrainConfig knobs, recipe defaults, clean errors."""
+"""The command line every entry script shares: all TrainConfig knobs, recipe defaults, the default base weights."""
 import argparse
 
 from .dist import add_launcher_args

@@ -35,7 +35,7 @@ def target_groups(graph, groups="internal"):
 
 class AOFPSearch(Hook):
     def __init__(self, graph, deps, groups="internal", iters_per_half=1000, thresh=0.01, warmup=500, flops_target=None,
-                 seed=0, bn_mode="base"):
+                 seed=0, bn_mode="own"):
         if iters_per_half < 1:
             raise ValueError(f"iters_per_half {iters_per_half}: must be at least 1")
         if not thresh > 0:

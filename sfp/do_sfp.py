@@ -41,7 +41,9 @@ def parse(argv=None):
     s = p.add_argument_group("SFP")
     s.add_argument("--rate", type=float, default=0.7,
                    help="keep ratio: int(N*(1-rate)) filters are zeroed (default 0.7, the paper's '30 %%')")
-    s.add_argument("--epoch-prune", type=int, default=1, help="epochs between zeroings")
+    s.add_argument("--epoch-prune", type=int, default=1,
+                   help="zero after epoch e (counted from 0) when e %% epoch-prune == 0, and after the last, as the "
+                        "original (default 1: every epoch)")
     skeleton.add_groups(s, "all", note="all, residual-tied groups ranked jointly; 'internal' compares with ResRep")
     s.add_argument("--bn-zero", choices=BN_MODES, default=None,
                    help="when to zero the BN weight and bias of zeroed channels too: end (default: soft training "

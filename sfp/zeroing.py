@@ -60,7 +60,7 @@ def choose(model, groups, rate):
 
 
 class SoftFilterZeroing(Hook):
-    """Zero at the start, after every `epoch_prune` epochs and at the end (the final zeroing is what the
+    """Zero at the start, after epochs 0, k, 2k, ... (k = `epoch_prune`) and at the end (the final zeroing is what the
     small model is cut from). Choices are made on rank 0 and broadcast, so every rank zeroes the same."""
 
     def __init__(self, graph, groups="all", rate=0.7, epoch_prune=1, bn="end", reset_momentum=False,
@@ -97,8 +97,9 @@ class SoftFilterZeroing(Hook):
             self._apply(trainer, " (start)")
 
     def on_epoch_end(self, trainer, epoch):
+        """After epoch e (counted from 0), as the original: when e % epoch_prune == 0, and after the last."""
         last = trainer.step >= trainer.total_steps
-        if (epoch + 1) % self.epoch_prune == 0 or last:
+        if epoch % self.epoch_prune == 0 or last:
             self._apply(trainer, f" (after epoch {epoch + 1})")
 
     def on_end(self, trainer):

@@ -283,6 +283,12 @@ def test_iterations_chain_convert_within_the_deviation_and_are_not_redone(base_f
     argv1 = ["-a", "src20", "-i", "1", "--models-dir", models, *SMOKE, "--epochs", "1", "--max-steps", "2"]
     result1 = do_csgd.run(do_csgd.parse(argv1))
     assert result1.model.deps == deps and result1.conversion.deps == [11] * 7 + [22] * 7 + [44] * 7
+    # itr 1 reports against itr 0's widths and against the unpruned src20 (the original reported the former only)
+    graph, info1 = arch_graph("src20"), result1.conversion.info
+    macs1, base = count(graph, result1.conversion.deps)[0], count(graph, build_model("src20").deps)[0]
+    assert info1["macs_before"] == count(graph, deps)[0] and info1["macs_base"] == base == 40_813_184
+    assert info1["macs_ratio"] == macs1 / info1["macs_before"] and info1["macs_ratio_to_base"] == macs1 / base
+    assert "of the unpruned 40,813,184 MACs and 272,474 params" in capsys.readouterr().out
 
 
 def test_a_missing_previous_iteration_names_the_command(tmp_path, capsys):

@@ -30,8 +30,8 @@ METHODS = {  # each method's flags for a few steps that prune something
     "sfp": (do_sfp.main, ["--max-steps", "3", "--rate", "0.6", "--groups", "internal"]),
 }
 CONVERSION_KEYS = {"old_deps", "new_deps", "macs_before", "macs_after", "params_before", "params_after", "macs_ratio",
-                   "params_ratio", "max_logit_diff", "raw_logit_diff", "reference", "trained_metrics",
-                   "converted_metrics"}
+                   "params_ratio", "macs_base", "params_base", "macs_ratio_to_base", "params_ratio_to_base",
+                   "max_logit_diff", "raw_logit_diff", "reference", "trained_metrics", "converted_metrics"}
 
 
 @pytest.fixture(scope="module")

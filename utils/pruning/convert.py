@@ -23,9 +23,10 @@ class Conversion:
 
 
 def convert(model, graph, decisions, build, batches, reference=None, reference_name="the trained net", state=None,
-            max_batches=4):
+            max_batches=4, base_deps=None):
     """Apply {group id: surgery.Decision} to `model` (or to `state`, its state dict without what the decisions
-    fold in, such as ResRep's compactors) and prove the result on the first `max_batches` of `batches()`."""
+    fold in, such as ResRep's compactors) and prove the result on the first `max_batches` of `batches()`.
+    With `base_deps` (the unpruned widths) MACs and params are also given relative to those."""
     state = {k: v.detach().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     narrow_state, deps = narrow(state, graph, decisions)
     like = next(model.parameters())
@@ -36,7 +37,7 @@ def convert(model, graph, decisions, build, batches, reference=None, reference_n
     diff = max_logit_diff(ref, small, batches(), max_batches)
     raw = diff if ref is model else max_logit_diff(model, small, batches(), max_batches)
     old_deps = [int(state[f"{conv}.weight"].shape[0]) for conv in graph.convs]
-    info = conversion_summary(graph, old_deps, deps, diff)
+    info = conversion_summary(graph, old_deps, deps, diff, base_deps)
     lines = info.pop("lines")
     if ref is model:
         lines.insert(0, f"max |logit difference| trained vs converted: {diff:.3g}")

@@ -23,16 +23,22 @@ def max_logit_diff(model_a, model_b, batches, max_batches=4):
     return worst
 
 
-def conversion_summary(graph, old_deps, new_deps, diff):
-    """A dict with deps, MACs and params before and after and the logit difference, and its printed lines
-    under "lines". `graph` is any channel graph of the arch (counts depend on the deps alone)."""
+def conversion_summary(graph, old_deps, new_deps, diff, base_deps=None):
+    """A dict with deps, MACs and params before and after (and relative to `base_deps`, the arch's
+    unpruned widths, which a run that starts from an already narrow net differs from) and the logit
+    difference, and its printed lines under "lines". `graph` is any channel graph of the arch."""
     (m0, p0), (m1, p1) = count(graph, old_deps), count(graph, new_deps)
+    (mb, pb) = count(graph, old_deps if base_deps is None else base_deps)
     info = {"old_deps": list(old_deps), "new_deps": list(new_deps), "max_logit_diff": diff,
             "macs_before": m0, "macs_after": m1, "params_before": p0, "params_after": p1,
-            "macs_ratio": m1 / m0, "params_ratio": p1 / p0}
+            "macs_ratio": m1 / m0, "params_ratio": p1 / p0,
+            "macs_base": mb, "params_base": pb, "macs_ratio_to_base": m1 / mb, "params_ratio_to_base": p1 / pb}
     info["lines"] = [
         f"old deps: {list(old_deps)}",
         f"new deps: {list(new_deps)}",
         f"MACs {m0:,} -> {m1:,} ({m1 / m0:.2%}); params {p0:,} -> {p1:,} ({p1 / p0:.2%})",
     ]
+    if (mb, pb) != (m0, p0):
+        info["lines"].append(f"of the unpruned {mb:,} MACs and {pb:,} params: {m1 / mb:.2%} of the MACs, "
+                             f"{p1 / pb:.2%} of the params")
     return info

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from base_model import build_model, get_arch
+from base_model import build_model, default_deps, get_arch
 from utils.pruning.channel_graph import PRUNABLE_ROLES, arch_graph_at
 from utils.pruning.convert import convert
 from utils.tools.store import model_from_hdf5, save_hdf5
@@ -189,7 +189,7 @@ def convert_and_save(run, plan, name, label):
     """The one convert-and-prove step, then both files with one attribute layout."""
     trained, graph, out = run.trainer.model, run.graph, run.cfg.output
     conv = convert(trained, graph, plan.decisions, run.build, run.val.batches, plan.reference, plan.reference_name,
-                   plan.state)
+                   plan.state, base_deps=default_deps(run.args.arch))
     metrics = evaluate(conv.model, run.val, run.ctx.device, run.cfg.amp)  # every rank: it all-reduces
     info = {**conv.info, **plan.info, "trained_metrics": run.trainer.metrics, "converted_metrics": metrics}
     path = os.path.join(out, CONVERTED)
@@ -203,8 +203,9 @@ def convert_and_save(run, plan, name, label):
                   decisions=decisions, **common)
         save_hdf5(path, conv.state, deps=conv.deps, metrics=metrics, **common)
         print(f"{run.args.arch} {label} on {run.args.data}: converted top1 {metrics['top1']:.2f} top5 "
-              f"{metrics['top5']:.2f} ({metrics['samples']} test images), MACs {info['macs_ratio']:.2%} of the base, "
-              f"max logit diff {info['max_logit_diff']:.3g} -> {path}", flush=True)
+              f"{metrics['top5']:.2f} ({metrics['samples']} test images), MACs {info['macs_ratio']:.2%} of the start "
+              f"net's and {info['macs_ratio_to_base']:.2%} of the unpruned {run.args.arch}'s, max logit diff "
+              f"{info['max_logit_diff']:.3g} -> {path}", flush=True)
     run.conversion, run.metrics = conv, metrics
 
 

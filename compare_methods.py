@@ -77,6 +77,8 @@ def parse(argv=None):
     get_arch(args.arch)
     if not 0 < args.macs_target < 1:
         raise ValueError(f"--macs-target {args.macs_target}: the fraction of the MACs to keep must be in (0, 1)")
+    if not args.latency_repeats >= 1:
+        raise ValueError(f"--latency-repeats {args.latency_repeats}: must be at least 1")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in args.methods if m not in METHODS]
     if bad or not args.methods:

@@ -21,6 +21,7 @@ from aofp.hook import AOFPSearch
 from aofp.probe import BN_MODES
 from utils.command import run_main
 from utils.training import skeleton
+from utils.training.cli import check_values
 
 # The original recipes (specs/aofp_sfp.md A3, A4). Search: SGD momentum 0.9, wd 1e-4 (none on BN and
 # biases, biases at 2x lr), lr 1e-3 held constant, batch 64; at most 600 epochs, but the run stops as
@@ -61,16 +62,17 @@ def check(args):
     """Refuse bad input before any data is read or process group formed."""
     if args.flops_target is None:
         args.flops_target = FLOPS_TARGET.get(args.arch, DEFAULT_TARGET)
-    if not 0 < args.flops_target <= 1:
+    if not 0 < args.flops_target <= 1:  # written so that NaN fails too
         raise ValueError(f"--flops-target {args.flops_target}: the fraction of MACs to keep must be in (0, 1]")
-    if args.iters_per_half < 1:
+    if not args.iters_per_half >= 1:
         raise ValueError(f"--iters-per-half {args.iters_per_half}: must be at least 1")
     if not args.thresh > 0:
         raise ValueError(f"--thresh {args.thresh}: must be positive (the damage t is never negative)")
-    if args.warmup_iters < 0:
+    if not args.warmup_iters >= 0:
         raise ValueError(f"--warmup-iters {args.warmup_iters}: must not be negative")
-    if args.ft_epochs < 1 or args.ft_lr <= 0 or args.ft_batch_size < 1:
-        raise ValueError("--ft-epochs, --ft-lr and --ft-batch-size must be positive")
+    check_values({"epochs": args.ft_epochs, "lr": args.ft_lr, "batch_size": args.ft_batch_size,
+                  "weight_decay": args.ft_weight_decay, "eval_every": args.ft_eval_every,
+                  "max_steps": args.ft_max_steps}, prefix="ft-")
     return skeleton.required_init(args)
 
 

@@ -96,6 +96,10 @@ def prepare(run, target):
 def run(args):
     """Run iteration args.itr; return the skeleton's Run, or None when the iteration is already done."""
     args.data = args.data or get_arch(args.arch).dataset
+    skeleton.config(args, RECIPES)  # every flag checked before the base model may be trained
+    for flag, value in (("--eps", args.strength), ("--vector-factor", args.vector_factor)):
+        if value is not None and not 0 <= value < float("inf"):
+            raise ValueError(f"{flag} {value}: must not be negative")
     s = default_schedule(args.arch)
     schedule = Schedule(parse_ratios(args.ratios) if args.ratios else s.ratios, args.groups or s.groups,
                         args.rounding or s.rounding)

@@ -17,7 +17,7 @@ from dataclasses import asdict, fields
 
 from rr.compactor import compactor_rule, insert_compactors
 from rr.convert import decide
-from rr.resrep import ResRepConfig, ResRepHook
+from rr.resrep import ResRepConfig, ResRepHook, check_config
 from utils.command import run_main
 from utils.training import skeleton
 from utils.training.engine import EvaluateStart
@@ -49,14 +49,24 @@ def parse(argv=None):
     return skeleton.parse(p, argv)
 
 
+def resrep_config(args, **defaults):
+    """ResRepConfig: its defaults, then `defaults` (the recipe's), then the flags given."""
+    given = {f.name: getattr(args, f.name) for f in fields(ResRepConfig) if getattr(args, f.name) is not None}
+    return check_config(ResRepConfig(**{**defaults, **given}))
+
+
+def check(args):
+    """Refuse a ResRep flag out of range before any data is read or file written; the base weights."""
+    resrep_config(args)
+    return skeleton.required_init(args)
+
+
 def prepare(run):
     """Compactors on the pruned groups; gradient resetting and mask updates as the hook."""
     args, recipe = run.args, RECIPES[run.spec.dataset]
     groups = insert_compactors(run.model, run.graph, args.groups)
-    values = {"flops_target": recipe["flops_target"],
-              "before_mask_iters": BEFORE_MASK_EPOCHS * run.train.dataset_size // run.cfg.batch_size}
-    values.update({f.name: getattr(args, f.name) for f in fields(ResRepConfig) if getattr(args, f.name) is not None})
-    rcfg = ResRepConfig(**values)
+    rcfg = resrep_config(args, flops_target=recipe["flops_target"],
+                         before_mask_iters=BEFORE_MASK_EPOCHS * run.train.dataset_size // run.cfg.batch_size)
     run.cfg.extra["resrep"] = asdict(rcfg)
     hook = ResRepHook(run.graph, run.model.deps, groups, rcfg)
     line = (f"ResRep on {args.arch} from {run.init}: {sum(pg.group.width for pg in groups)} channels in {len(groups)} "
@@ -68,7 +78,7 @@ def prepare(run):
 def main(argv=None):
     args = parse(argv)
     skeleton.main(args, RECIPES, os.path.join("resrep_models", f"{args.arch}_train"), name="resrep",
-                  label="ResRep", init=skeleton.required_init, prepare=prepare,
+                  label="ResRep", init=check, prepare=prepare,
                   decide=lambda run: decide(run.trainer.model, run.hook.groups))
 
 

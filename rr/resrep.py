@@ -30,6 +30,19 @@ class ResRepConfig:
     num_at_least: int = 1  # never mask a group below this many channels
 
 
+def check_config(cfg):
+    """Refuse a setting out of range with one line naming its flag."""
+    lows = (("mask_interval", 1), ("begin_granularity", 1), ("num_at_least", 1), ("before_mask_iters", 0))
+    for name, low in lows:
+        if not getattr(cfg, name) >= low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
+    if not cfg.lasso_strength >= 0:
+        raise ValueError(f"--lasso-strength must not be negative, got {cfg.lasso_strength}")
+    if not 0 < cfg.flops_target <= 1:
+        raise ValueError(f"--flops-target is the fraction of MACs to keep, in (0, 1]; got {cfg.flops_target}")
+    return cfg
+
+
 @torch.no_grad()
 def reset_gradients(groups, lasso_strength):
     """Rewrite every compactor's gradient in place: mask the task gradient, add the lasso direction."""
@@ -46,15 +59,7 @@ class ResRepHook(Hook):
     """Gradient resetting and mask selection for a model whose compactors are `groups`."""
 
     def __init__(self, graph, base_deps, groups, cfg):
-        self.graph, self.base_deps, self.groups, self.cfg = graph, list(base_deps), groups, cfg
-        lows = (("mask_interval", 1), ("begin_granularity", 1), ("num_at_least", 1), ("before_mask_iters", 0))
-        for name, low in lows:
-            if getattr(cfg, name) < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
-        if cfg.lasso_strength < 0:
-            raise ValueError(f"--lasso-strength must not be negative, got {cfg.lasso_strength}")
-        if not 0 < cfg.flops_target <= 1:
-            raise ValueError(f"--flops-target is the fraction of MACs to keep, in (0, 1]; got {cfg.flops_target}")
+        self.graph, self.base_deps, self.groups, self.cfg = graph, list(base_deps), groups, check_config(cfg)
         self.base_macs = count(graph, base_deps)[0]
         self.updates = 0
         self.reached_at = None  # first step whose masks met the target

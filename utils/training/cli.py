@@ -38,6 +38,44 @@ def add_train_args(p):
     return p
 
 
+# The range of every numeric TrainConfig knob: (is the value fine, what it must be). `not (v > 0)` is also
+# true for NaN, so every test is written to fail on NaN.
+LIMITS = {
+    "epochs": (lambda v: v >= 1, "must be at least 1"),
+    "batch_size": (lambda v: v >= 1, "must be at least 1 (the global batch, over all processes)"),
+    "lr": (lambda v: 0 < v < float("inf"), "must be a positive number"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "weight_decay": (lambda v: 0 <= v < float("inf"), "must not be negative"),
+    "bn_weight_decay": (lambda v: 0 <= v < float("inf"), "must not be negative"),
+    "bias_lr_factor": (lambda v: 0 <= v < float("inf"), "must not be negative"),
+    "gamma": (lambda v: 0 < v < float("inf"), "must be a positive number (the lr factor at each milestone)"),
+    "warmup_epochs": (lambda v: 0 <= v < float("inf"), "must not be negative"),
+    "warmup_factor": (lambda v: 0 <= v <= 1, "must be in [0, 1] (the warm-up's lr, as a fraction of --lr)"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "eval_every": (lambda v: v >= 1, "must be at least 1 (epochs between evaluations)"),
+    "eval_last": (lambda v: v >= 0, "must not be negative"),
+    "ckpt_every": (lambda v: v >= 1, "must be at least 1 (steps between checkpoints)"),
+    "log_every": (lambda v: v >= 1, "must be at least 1"),
+    "max_steps": (lambda v: v >= 1, "must be at least 1"),
+    "milestones": (lambda v: all(m >= 1 for m in v), "every milestone must be an epoch of at least 1"),
+    "workers": (lambda v: v >= 0, "must not be negative"),
+}
+
+
+def check_values(values, prefix=""):
+    """Refuse the first value out of its range (LIMITS) with one line naming its flag, e.g.
+    `--epochs -1: must be at least 1`. `values` maps TrainConfig field names to values (None = unset)."""
+    for name, value in values.items():
+        if name in LIMITS and value is not None and not LIMITS[name][0](value):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            raise ValueError(f"--{prefix}{name.replace('_', '-')} {shown}: {LIMITS[name][1]}")
+
+
+def check_config(cfg, args=None):
+    """Every numeric knob of a TrainConfig (and the loader processes) in range, before anything runs."""
+    check_values({**vars(cfg), "workers": getattr(args, "workers", None)})
+
+
 def base_weights(arch):
     """(path, the command that makes it) of the base weights every method starts from by default:
     torchvision's import for the ImageNet ResNets, train_base_model.py's output otherwise."""

@@ -29,7 +29,7 @@ from utils.pruning.convert import convert
 from utils.tools.store import model_from_hdf5, save_hdf5
 
 from . import dist
-from .cli import add_train_args, base_weights, train_config
+from .cli import add_train_args, base_weights, check_config, train_config
 from .data import make_loaders
 from .engine import Trainer, evaluate
 
@@ -67,6 +67,15 @@ def add_groups(group, default, *aliases, note=""):
 
 def parse(p, argv=None):
     return add_train_args(p).parse_args(argv)
+
+
+def config(args, recipes, output=None, **extra):
+    """The run's TrainConfig (defaults, then the recipe for the arch's data set, then the flags given), every
+    numeric knob checked: a value out of range is one line and exit 2 before anything is read or written."""
+    recipe = dict(recipes[get_arch(args.arch).dataset], output=args.output or output)
+    cfg = train_config(args, recipe, **extra)
+    check_config(cfg, args)
+    return cfg
 
 
 def required_init(args):
@@ -153,8 +162,8 @@ def main(args, recipes, output, *, name=None, label=None, init=optional_init, pr
     `extra` is recorded in config.json."""
     spec = get_arch(args.arch)
     args.data = args.data or spec.dataset
-    start = init(args)  # checks the flags and the starting weights before anything is written
-    cfg = train_config(args, dict(recipes[spec.dataset], output=args.output or output), init=start, **extra)
+    cfg = config(args, recipes, output, **extra)
+    cfg.extra["init"] = start = init(args)  # the method's flags and the starting weights, before anything is written
     run = Run(args, cfg, None, start)
     run.ctx = dist.setup(args.device, args.local_rank)
     try:

@@ -10,7 +10,7 @@ output. Then, without gradients and without calling the BN module (its running s
 untouched), it recomputes the scorer's output with the drawn half of the search set also masked,
 Z' from X*m, normalised as the original does by default (`bn_mode="own"`: each pass with its own batch
 statistics, which partly cancels the ablation; `bn_mode="base"` normalises Z' with Z's statistics, which
-measures about 27 % more damage on the same ablation), then the ReLU that follows the scorer
+measures 1.6x the damage of a random half on a trained src20: benchmarks/aofp_damage.py), then the ReLU that follows the scorer
 and the scorer's own base mask, as the original's post-activation output. t = ||Z-Z'||^2 / ||Z||^2.
 The ablated branch reaches only the scorer, so all layers are searched at once without interacting.
 """

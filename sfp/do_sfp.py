@@ -22,15 +22,17 @@ from utils.command import run_main
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
 from utils.training import skeleton
+from utils.training.engine import EvaluateStart
 
-# he-y/soft-filter-pruning's recipes (specs/aofp_sfp.md B2). Its weight decay covers every parameter,
+# he-y/soft-filter-pruning's recipes (specs/aofp_sfp.md B1, B2). Its weight decay covers every parameter,
 # BN included, and biases get no larger lr. CIFAR: 0.01 for the first epoch, then 0.1, x0.2 at 60/120/160.
+# It evaluates before the first zeroing and after every epoch's zeroing.
 RECIPES = {
     "cifar10": dict(epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                     bn_weight_decay=5e-4, bias_lr_factor=1.0, milestones=(60, 120, 160), gamma=0.2,
-                    warmup_epochs=1, warmup="constant", warmup_factor=0.1),
+                    warmup_epochs=1, warmup="constant", warmup_factor=0.1, eval_every=1),
     "imagenet": dict(epochs=100, batch_size=256, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
-                     bn_weight_decay=1e-4, bias_lr_factor=1.0, milestones=(30, 60, 90), gamma=0.1),
+                     bn_weight_decay=1e-4, bias_lr_factor=1.0, milestones=(30, 60, 90), gamma=0.1, eval_every=1),
 }
 BN_ZEROED = {"always": "conv weights and BN weight/bias", "end": "conv weights, and BN weight/bias at the end",
              "never": "conv weights only (faithful)"}
@@ -78,8 +80,9 @@ def check(args):
 
 def prepare(run):
     a = run.args
-    return skeleton.Setup([SoftFilterZeroing(run.graph, a.groups, a.rate, a.epoch_prune, bn=a.bn_zero,
-                                             reset_momentum=a.reset_momentum, zero_at_start=a.zero_at_start)])
+    zeroing = SoftFilterZeroing(run.graph, a.groups, a.rate, a.epoch_prune, bn=a.bn_zero,
+                                reset_momentum=a.reset_momentum, zero_at_start=a.zero_at_start)
+    return skeleton.Setup([EvaluateStart("before SFP (the starting weights, before the first zeroing)"), zeroing])
 
 
 def plan(run):

@@ -97,9 +97,10 @@ class SoftFilterZeroing(Hook):
             self._apply(trainer, " (start)")
 
     def on_epoch_end(self, trainer, epoch):
-        """After epoch e (counted from 0), as the original: when e % epoch_prune == 0, and after the last."""
-        last = trainer.step >= trainer.total_steps
-        if epoch % self.epoch_prune == 0 or last:
+        """After epoch e (counted from 0), as the original: when e % epoch_prune == 0, and after the last of the
+        schedule's epochs (a run cut short by --max-steps is zeroed in on_end, after its last checkpoint, so
+        that a resumed run follows the schedule)."""
+        if epoch % self.epoch_prune == 0 or epoch == trainer.cfg.epochs - 1:
             self._apply(trainer, f" (after epoch {epoch + 1})")
 
     def on_end(self, trainer):

@@ -1,18 +1,21 @@
 """AOFP: the binary search, the damage probe, exact pruning, resume, two ranks, the entry script."""
+import copy
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from aofp import do_aofp
 from aofp.convert import zero_pruned
 from aofp.hook import AOFPSearch
+from aofp.probe import BN_MODES
 from aofp.search import LayerSearch, start_steps
 from base_model import build_model
-from helpers import example_input, gloo_group, random_model, spawn_ranks
-from utils.pruning.channel_graph import arch_graph
+from helpers import FlattenNet, example_input, gloo_group, random_model, randomize_bn, spawn_ranks
+from utils.pruning.channel_graph import arch_graph, build_channel_graph
 from utils.pruning.convert import convert
 from utils.pruning.flops import count
 from utils.pruning.surgery import keep as keep_channels
@@ -115,8 +118,10 @@ def test_decisions_prune_narrow_restart_and_one_filter_is_done():
 
 
 def test_starts_are_staggered_by_list_position():
-    assert start_steps(13, 1000, 500) == [500 + 76 * k for k in range(13)]  # vc: 500, 576, ..., 1412
-    assert start_steps(27, 1000, 500)[-1] == 500 + 37 * 26  # src56
+    vc = start_steps(13, 1000, 500)  # interval 1000 // 13 = 76
+    assert vc[:3] == [500, 576, 652] and vc[-1] == 1412 and len(vc) == 13
+    src56 = start_steps(27, 1000, 500)  # interval 37, by list position (the original: by conv index)
+    assert src56[:2] == [500, 537] and src56[-1] == 1462 and len(src56) == 27
 
 
 def test_layer_down_to_one_filter_is_done_and_the_search_ends(tmp_path):
@@ -128,10 +133,12 @@ def test_layer_down_to_one_filter_is_done_and_the_search_ends(tmp_path):
 
 # --- the ablated pass --------------------------------------------------------------------------
 
-def test_ablated_pass_leaves_bn_running_stats_untouched(tmp_path):
+@pytest.mark.parametrize("bn_mode", BN_MODES)
+def test_ablated_pass_leaves_bn_running_stats_untouched(bn_mode):
     plain, probed = random_model("src20", seed=1).train(), random_model("src20", seed=1).train()
     graph = arch_graph("src20")
-    hook = AOFPSearch(graph, probed.deps, iters_per_half=5, warmup=0).attach(probed)  # 9 layers: all start at 0
+    # 9 layers, all starting at step 0
+    hook = AOFPSearch(graph, probed.deps, iters_per_half=5, warmup=0, bn_mode=bn_mode).attach(probed)
     x = example_input("src20", batch=8)
 
     class Step:  # what the hook reads from the trainer
@@ -142,6 +149,39 @@ def test_ablated_pass_leaves_bn_running_stats_untouched(tmp_path):
     assert all(p.t is not None and 0 < p.t < 10 for p in hook.probes)
     for (name, a), b in zip(plain.state_dict().items(), probed.state_dict().values()):
         assert torch.equal(a, b), name  # running_mean, running_var, num_batches_tracked
+
+
+def test_each_step_masks_half_the_search_set_and_credits_its_t_to_exactly_those_filters():
+    model, graph = random_model("src20", seed=1).train(), arch_graph("src20")
+    hook = AOFPSearch(graph, model.deps, iters_per_half=5, warmup=0, seed=3).attach(model)  # all start at step 0
+    hook.layers[0].set_keep(torch.arange(16) % 4 != 0)  # 12 survivors: masks of 6, never a pruned filter
+    x = example_input("src20", batch=8)
+
+    class Step:  # what the hook reads from the trainer
+        step, device, ctx, log = 0, torch.device("cpu"), dist.DistContext(), None
+    want_t = [torch.zeros(p.layer.width, dtype=torch.float64) for p in hook.probes]
+    want_n = [torch.zeros(p.layer.width, dtype=torch.float64) for p in hook.probes]
+    draws = []
+    for step in range(2):
+        Step.step = step
+        hook.before_step(Step, x, None)
+        drawn = [p.drawn.clone() for p in hook.probes]
+        hook.before_step(Step, x, None)  # the draw is a function of (seed, step): the same again
+        assert all(torch.equal(d, p.drawn) for d, p in zip(drawn, hook.probes))
+        for d, p in zip(drawn, hook.probes):
+            assert d.sum() == p.layer.alive // 2 and not (d.bool() & ~p.layer.keep).any()
+        model(x)
+        for p, d, wt, wn in zip(hook.probes, drawn, want_t, want_n):
+            wt += float(p.t) * d.double()
+            wn += d.double()
+        Step.step = step + 1
+        hook.after_step(Step)
+        assert all(p.drawn is None and p.t is None for p in hook.probes)
+        draws.append(drawn)
+    assert not torch.equal(draws[0][0], draws[1][0])  # a new mask every step
+    for p, wt, wn in zip(hook.probes, want_t, want_n):
+        assert torch.allclose(p.layer.acc_t, wt, rtol=1e-12, atol=0) and torch.equal(p.layer.acc_n, wn)
+        assert p.layer.half_start == 0 and p.layer.alive == p.layer.search.sum()  # no decision before 5 steps
 
 
 @pytest.mark.parametrize("bn_mode", ["base", "own"])
@@ -156,6 +196,105 @@ def test_damage_is_zero_for_harmless_filters_and_positive_otherwise(bn_mode):
         probe.drawn[drawn] = 1
         model(x)
         assert (probe.t == 0) if harmless else (probe.t > 0.01), (drawn, probe.t)
+
+
+# The independent damage: the original's two passes through the scorer (specs A2), in float64.
+VC_DEPS = [8, 8, 12, 12, 16, 16, 16, 16, 16, 16, 16, 16, 16]  # a narrow vc: fast, same structure
+DAMAGE_CASES = {
+    # case: (arch, searched convs (the first is measured; a second one is its scorer, searched too),
+    #        scorer module, scorer's BN, does a ReLU follow the scorer)
+    "src20-conv": ("src20", ["stage1.block0.conv1.conv"], "stage1.block0.conv2.conv", "stage1.block0.conv2.bn",
+                   False),  # the block's conv2 output joins the residual sum before any ReLU
+    "vc-conv-scorer-pruned": ("vc", ["stem.conv3.conv", "stem.conv4.conv"], "stem.conv4.conv", "stem.conv4.bn",
+                              True),
+    "vc-linear": ("vc", ["stem.conv13.conv"], "linear1", None, True),  # flatten at 1x1: one column per channel
+    "flatten-linear": ("flatten", ["b.conv"], "fc", None, False),  # 3x3 map flattened: 9 columns per channel
+}
+
+
+def _damage_model(case):
+    arch, convs, scorer, bn, relu = DAMAGE_CASES[case]
+    if arch == "flatten":
+        model = randomize_bn(FlattenNet(), 6, seed=4)
+        graph, deps = build_channel_graph(model, torch.randn(1, 3, 6, 6)), [4, 5]
+        x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(5))
+    else:
+        model = random_model(arch, VC_DEPS if arch == "vc" else None, seed=4)
+        graph, deps, x = arch_graph(arch), model.deps, example_input(arch, batch=8, seed=5)
+    return model.train(), graph, deps, x
+
+
+def _per_channel(v, mask, block):
+    """v times a per-channel mask: a conv map (N, C, H, W), or flattened columns (N, C*block), channel-major."""
+    mask = mask.to(v.dtype)
+    if v.dim() == 4:
+        return v * mask[None, :, None, None]
+    return (v.reshape(v.shape[0], mask.numel(), block) * mask[None, :, None]).reshape(v.shape)
+
+
+@torch.no_grad()
+def original_damage(x, keep, drawn, scorer, bn, relu, scorer_keep, bn_mode, block=1):
+    """t = ||Z - Z'||^2 / ||Z||^2 as the original computes it: the scorer's module sequence run on the base
+    input and on the input with the drawn filters also zeroed; BN in train mode, each pass with its own
+    batch statistics ("own") or both with the base pass's ("base"); ReLU; times the scorer's own base mask."""
+    scorer = copy.deepcopy(scorer).double()
+    base = _per_channel(x.double(), keep, block)
+    ablated = _per_channel(base, ~drawn, block)
+    ys = [scorer(v) for v in (base, ablated)]
+    if bn is not None:
+        w, b, eps = bn.weight.double(), bn.bias.double(), bn.eps
+        if bn_mode == "own":
+            ys = [F.batch_norm(y, None, None, w, b, True, 0.0, eps) for y in ys]
+        else:
+            mean = ys[0].mean((0, 2, 3), keepdim=True)
+            var = ys[0].var((0, 2, 3), unbiased=False, keepdim=True)
+            ys = [(y - mean) / torch.sqrt(var + eps) * w[None, :, None, None] + b[None, :, None, None] for y in ys]
+    if relu:
+        ys = [y.relu() for y in ys]
+    if scorer_keep is not None:
+        ys = [_per_channel(y, scorer_keep, 1) for y in ys]
+    z, z_abl = ys
+    return float((z - z_abl).square().sum() / z.square().sum())
+
+
+@pytest.mark.parametrize("case", list(DAMAGE_CASES))
+def test_damage_equals_the_originals_two_pass_computation(case):
+    """The probe's t (one real train-mode forward) against the original's two passes, for both BN modes. Both
+    the measured layer and (in vc) its scorer have pruned filters: the base masks gate both passes, and the
+    scorer's own mask multiplies Z and Z'."""
+    arch, convs, scorer_name, bn_name, relu = DAMAGE_CASES[case]
+    model, graph, deps, x = _damage_model(case)
+    scorer, bn = model.get_submodule(scorer_name), bn_name and model.get_submodule(bn_name)
+    seen = {}
+    capture = scorer.register_forward_pre_hook(lambda m, args: seen.update(x=args[0].detach().clone()),
+                                               prepend=True)  # before the probe's gate: the raw input
+    t = {}
+    for bn_mode in BN_MODES:
+        hook = AOFPSearch(graph, deps, groups=[graph.group_of(c).id for c in convs], bn_mode=bn_mode).attach(model)
+        probe = hook.probes[0]
+        consumer = graph.group_of(convs[0]).consumers[0]
+        assert (probe.post_relu, probe.kind) == (relu, "conv" if bn_name else "linear")
+        for layer in hook.layers:  # a third of each searched layer is pruned already
+            layer.set_keep(torch.arange(layer.width) % 3 != 1)
+        layer = probe.layer
+        layer.restart(0)
+        drawn = layer.draw(torch.Generator().manual_seed(7))
+        assert drawn.sum() == layer.alive // 2 and not (drawn & ~layer.keep).any()
+        probe.drawn = drawn.float()
+        model(x)
+        scorer_keep = hook.layers[1].keep if len(convs) > 1 else None
+        want = original_damage(seen["x"], layer.keep.clone(), drawn, scorer, bn, relu, scorer_keep, bn_mode,
+                               consumer.block)
+        assert 1e-3 < want < 10  # a real ablation: neither nothing nor everything removed
+        assert float(probe.t) == pytest.approx(want, rel=1e-5), bn_mode
+        t[bn_mode] = (float(probe.t), want)
+        hook.detach()
+    capture.remove()
+    (own, own_want), (base, base_want) = t["own"], t["base"]
+    if bn_name is None:  # nothing to normalise: the mode cannot matter
+        assert own == base
+    else:  # the same ablation, measured two ways
+        assert abs(own_want - base_want) > 0.01 * base_want and abs(own - base) > 0.01 * base
 
 
 # --- pruning is exact --------------------------------------------------------------------------

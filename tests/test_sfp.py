@@ -1,5 +1,6 @@
 """SFP: the zeroing picks the weakest filters, they stay soft, the small model equals the zeroed one,
 ranks agree, a run resumes, bad input is refused, and SFP's FLOPs formula gives the paper's numbers."""
+import copy
 import os
 
 import pytest
@@ -9,6 +10,7 @@ from base_model import build_model
 from helpers import example_input, gloo_group, random_model, spawn_ranks
 from sfp import do_sfp
 from sfp.convert import kept
+from sfp.do_sfp import RECIPES
 from sfp.flops import sfp_cifar_flops, sfp_cifar_reduction
 from sfp.zeroing import SoftFilterZeroing, choose, num_pruned
 from utils.pruning.channel_graph import arch_graph
@@ -17,7 +19,7 @@ from utils.pruning.zeroing import zero_channels
 from utils.tools.store import read_hdf5
 from utils.training import dist
 from utils.training.data import make_loaders
-from utils.training.engine import TrainConfig, Trainer
+from utils.training.engine import TrainConfig, Trainer, param_groups
 
 
 def _rows(model, name):
@@ -31,8 +33,8 @@ def test_zeroing_picks_the_lowest_summed_norms_and_floors_the_count():
     pruned = choose(model, groups, 0.7)
     for g in groups:
         norms = sum(_rows(model, p.conv).norm(dim=1) for p in g.producers)  # residual groups: summed
-        n = int(g.width * (1 - 0.7))
-        assert n == num_pruned(g.width, 0.7) and len(pruned[g.id]) == n
+        n = {16: 4, 32: 9, 64: 19}[g.width]  # int(N * 0.3), floored as the original (4.8 -> 4)
+        assert num_pruned(g.width, 0.7) == n and len(pruned[g.id]) == n
         assert set(pruned[g.id]) == set(torch.topk(norms, n, largest=False).indices.tolist())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     zero_channels(model, graph, pruned)
@@ -60,27 +62,79 @@ def test_faithful_zeroing_leaves_bn_alone():
     assert all((_rows(model, g.producers[0].conv)[pruned[g.id]] == 0).all() for g in groups)
 
 
-def _sgd_step(model, opt, seed):
+def _batch(seed):
     g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+    return torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+
+def _sgd_step(model, opt, seed):
+    x, y = _batch(seed)
     opt.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
 
 
-@pytest.mark.parametrize("reset_momentum", [False, True])
-def test_zeroed_filters_regrow_after_a_step_unless_their_momentum_is_reset(reset_momentum):
+SFP_LR, SFP_MOMENTUM, SFP_WD = 0.1, 0.9, 5e-4  # the CIFAR recipe (specs B2): Nesterov SGD, wd on everything
+
+
+def _grads(model, seed):
+    """The gradient of a separate copy of `model` on batch `seed`: the same state, its own forward/backward."""
+    twin = copy.deepcopy(model)
+    x, y = _batch(seed)
+    torch.nn.functional.cross_entropy(twin(x), y).backward()
+    return {name: p.grad.clone() for name, p in twin.named_parameters()}
+
+
+@pytest.mark.parametrize("bn,reset_momentum", [(False, True), (False, False), (True, True), (True, False)])
+def test_zeroed_filters_after_one_step_are_exactly_the_sgd_update(bn, reset_momentum):
+    """One Nesterov SGD step on a zeroed row w = 0 with momentum buffer m (0 after a reset) and gradient g:
+    buf = 0.9 m + g (weight decay on 0 adds nothing), w = 0 - lr (g + 0.9 buf). bn=False (the default
+    training zeroing, conv rows only): the channel still outputs its BN bias, so g != 0 and the filter regrows
+    by its gradient even with its momentum reset. bn=True: the channel outputs exactly 0 and g = 0, so only
+    the old momentum moves it, and with a reset it stays exactly 0 (hard)."""
     torch.manual_seed(0)
     model, graph = build_model("src20").train(), arch_graph("src20")
     groups = graph.select("all")
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    _sgd_step(model, opt, 0)
+    recipe = TrainConfig(**RECIPES["cifar10"])
+    opt = torch.optim.SGD(param_groups(model, recipe), lr=recipe.lr, momentum=recipe.momentum)  # as the Trainer
+    assert {(g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]) for g in opt.param_groups} == \
+        {(SFP_LR, SFP_MOMENTUM, True, SFP_WD)}
+    _sgd_step(model, opt, 0)  # momentum in every row, and BN biases off 0
     pruned = choose(model, groups, 0.7)
-    zero_channels(model, graph, pruned, optimizer=opt if reset_momentum else None)
+    convs = {p.conv: pruned[g.id] for g in groups for p in g.producers}
+    before = {c: opt.state[model.get_submodule(c).weight]["momentum_buffer"].clone() for c in convs}
+    buffers = {c: before[c][rows] for c, rows in convs.items()}
+    zero_channels(model, graph, pruned, bn=bn, optimizer=opt if reset_momentum else None)
+    for c, rows in convs.items():  # a reset clears the zeroed rows' momentum only
+        after = opt.state[model.get_submodule(c).weight]["momentum_buffer"]
+        gone = torch.zeros(len(after), dtype=torch.bool)
+        gone[rows] = reset_momentum
+        assert (after[gone] == 0).all() and torch.equal(after[~gone], before[c][~gone]), c
+    grads = _grads(model, 1)
     _sgd_step(model, opt, 1)
-    regrown = [(_rows(model, p.conv)[pruned[g.id]].norm(dim=1) > 0).all().item()
-               for g in groups for p in g.producers]
-    assert all(regrown) if not reset_momentum else not any(regrown)  # soft: nothing is frozen
+    moved, regrew = 0, 0
+    for c, rows in convs.items():
+        g = grads[f"{c}.weight"][rows]
+        m = torch.zeros_like(g) if reset_momentum else buffers[c]
+        buf = m.mul(SFP_MOMENTUM).add(g)
+        want = torch.zeros_like(g).add(g.add(buf, alpha=SFP_MOMENTUM), alpha=-SFP_LR)
+        got = model.get_submodule(c).weight.detach()[rows]
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12, msg=c)
+        if bn:
+            assert torch.equal(g, torch.zeros_like(g)), c  # BN weight and bias 0: no gradient reaches the conv
+        if not reset_momentum:  # the old momentum term, -lr * 0.9 * 0.9 * m, on top of the gradient-only value
+            only_g = torch.zeros_like(g).add(g.add(g, alpha=SFP_MOMENTUM), alpha=-SFP_LR)
+            scale = 1e-6 * float(got.abs().max())  # the subtraction cancels: errors of got's own ulp scale
+            torch.testing.assert_close(got - only_g, -SFP_LR * SFP_MOMENTUM ** 2 * m, rtol=1e-4, atol=scale, msg=c)
+            assert (m.flatten(1).norm(dim=1) > 0).all(), c
+        norms = got.flatten(1).norm(dim=1)
+        moved, regrew = moved + int((norms > 0).sum()), regrew + int((g.flatten(1).norm(dim=1) > 0).sum())
+    total = sum(map(len, convs.values()))
+    assert moved == (regrew if reset_momentum else total)  # with a reset, exactly the rows with a gradient move
+    if bn:
+        assert regrew == 0  # hard: no gradient at all
+    else:  # soft: a good part regrows by its gradient (the rest sit behind a ReLU with a negative BN bias)
+        assert regrew > total // 4
 
 
 @pytest.mark.parametrize("arch,groups", [("src56", "all"), ("src56", "internal"), ("sres18", "all"),
@@ -113,16 +167,43 @@ def tiny_run(out, ctx=None, epochs=2, max_steps=None, **hook_kw):
     return trainer, hook, trainer.fit()
 
 
-def test_resume_continues_the_zeroing_schedule(tmp_path):
+@pytest.mark.parametrize("epoch_prune, epochs, cut", [(1, 2, 1), (2, 3, 2)])
+def test_resume_continues_the_zeroing_schedule(tmp_path, epoch_prune, epochs, cut):
+    """A run cut at an epoch boundary (--max-steps), then resumed, equals the uninterrupted run; with
+    epoch_prune 2 the cut falls after an epoch the schedule does not zero (a cut taken for the last epoch
+    would zero there and carry that into the checkpoint)."""
     torch.set_num_threads(1)
-    whole, _, m_whole = tiny_run(tmp_path / "whole")
-    first, hook, _ = tiny_run(tmp_path / "cut", max_steps=whole.steps_per_epoch)  # stops after epoch 1
-    assert hook.zeroings == whole.hooks[0].zeroings - 1  # epoch 2's zeroing is missing
-    again, hook2, m_again = tiny_run(tmp_path / "cut")  # the same command again: resumes
+    whole, _, m_whole = tiny_run(tmp_path / "whole", epochs=epochs, epoch_prune=epoch_prune)
+    first, hook, _ = tiny_run(tmp_path / "cut", epochs=epochs, epoch_prune=epoch_prune,
+                              max_steps=cut * whole.steps_per_epoch)
+    assert hook.zeroings == whole.hooks[0].zeroings - 1  # the last epoch's zeroing is missing
+    again, hook2, m_again = tiny_run(tmp_path / "cut", epochs=epochs, epoch_prune=epoch_prune)  # resumes
     assert hook2.zeroings == whole.hooks[0].zeroings and again.step == whole.step
     for k, v in whole.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
     assert hook2.pruned == whole.hooks[0].pruned and m_again == m_whole
+
+
+@pytest.mark.parametrize("epoch_prune,after", [(1, [1, 2, 3, 4, 5]), (2, [1, 3, 5]), (3, [1, 4, 5])])
+def test_zeroing_schedule_is_the_originals(tmp_path, epoch_prune, after):
+    """The original zeroes before training, then after epoch e (from 0) when e % epoch_prune == 0 or e is the
+    last: over 5 epochs, after epochs 1, 3, 5 (1-based) for epoch_prune 2 and 1, 4, 5 for 3. The final "(end)"
+    zeroing (BN too, bn="end") comes on top."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=5, batch_size=128, lr=0.05, milestones=(), eval_every=1000, eval_last=0,
+                      ckpt_every=1000, log_every=1000, deterministic=True, output=str(tmp_path))
+    ctx = dist.DistContext()
+    train, val = make_loaders("synthetic", None, cfg.batch_size, ctx.device, ctx.rank, ctx.world_size, cfg.seed, 0,
+                              image_size=8, num_classes=10)
+    hook = SoftFilterZeroing(arch_graph("src20"), epoch_prune=epoch_prune)
+    trainer = Trainer(cfg, build_model("src20"), train, val, ctx, hooks=[hook])
+    trainer.fit()
+    assert trainer.steps_per_epoch == 4 and trainer.step == 20
+    lines = [line for line in (tmp_path / "log.txt").read_text().splitlines() if "sfp zeroing" in line]
+    whens = [line.split("sfp zeroing ")[1].split(":")[0] for line in lines]
+    want = ["(start)", *(f"(after epoch {e})" for e in after), "(end)"]
+    assert whens == [f"{i} {w}" for i, w in enumerate(want, start=1)]
+    assert hook.zeroings == len(want) and hook.zeroed_step == 20
 
 
 def _ddp_worker(rank, world, out):
@@ -181,19 +262,3 @@ def test_sfp_flops_formula_matches_the_paper():
     # with the floored pruned counts the masks really produce
     assert round(100 * sfp_cifar_reduction(56, 0.6, floored=True), 2) == 50.41
     assert round(100 * sfp_cifar_reduction(56, 0.7, floored=True), 2) == 38.05
-
-
-def test_default_training_zeroing_regrows_by_gradient_alone():
-    # The default (`bn="end"`) zeroes conv weights only while training: a zeroed channel still outputs
-    # its BN bias, so with its momentum reset the gradient alone moves it (where that bias is positive).
-    torch.manual_seed(0)
-    model, graph = build_model("src20").train(), arch_graph("src20")
-    groups = graph.select("all")
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=0)
-    _sgd_step(model, opt, 0)
-    pruned = choose(model, groups, 0.7)
-    zero_channels(model, graph, pruned, bn=False, optimizer=opt)
-    _sgd_step(model, opt, 1)
-    moved = torch.cat([(_rows(model, p.conv)[pruned[g.id]].norm(dim=1) > 0).float()
-                       for g in groups for p in g.producers])
-    assert 0.2 < moved.mean() < 1.0, moved.mean()

@@ -1,4 +1,5 @@
 """ResRep: compactors, gradient resetting, mask selection, exact conversion, the entry script."""
+import copy
 import math
 import os
 import random
@@ -22,7 +23,7 @@ from utils.tools.store import load_hdf5, model_from_hdf5, read_hdf5, save_hdf5
 from utils.training import dist
 from utils.training.cli import base_weights
 from utils.training.data import make_loaders
-from utils.training.engine import TrainConfig, Trainer, param_groups
+from utils.training.engine import Hook, TrainConfig, Trainer, param_groups
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +54,37 @@ def random_masks(groups, fraction=0.4, seed=0):
     for pg in groups:
         w = pg.group.width
         pg.set_masked(sorted(rng.sample(range(w), rng.randint(0, min(w - 1, int(w * fraction) + 1)))))
+
+
+class Probe(Hook):
+    """Calls back at chosen points of the training loop. Its place in the hook list relative to the
+    ResRepHook says what it sees: before it, the state ResRep starts from; after it, what ResRep left."""
+
+    def __init__(self, before_step=None, after_backward=None, after_step=None):
+        self.calls = {"before_step": before_step, "after_backward": after_backward, "after_step": after_step}
+
+    def before_step(self, trainer, images, labels):
+        if self.calls["before_step"]:
+            self.calls["before_step"](trainer, images, labels)
+
+    def after_backward(self, trainer):
+        if self.calls["after_backward"]:
+            self.calls["after_backward"](trainer)
+
+    def after_step(self, trainer):
+        if self.calls["after_step"]:
+            self.calls["after_step"](trainer)
+
+
+def tiny_trainer(model, groups, hooks, tmp_path, steps, batch=8, lr=0.05, image_size=16, ctx=None, rank=0, world=1):
+    """A real Trainer on synthetic data, small images (global pooling is adaptive), the compactor rule."""
+    cfg = TrainConfig(epochs=1, batch_size=batch, lr=lr, schedule="cosine", max_steps=steps, output=str(tmp_path))
+    train, val = make_loaders("synthetic", None, batch, "cpu", rank, world, image_size=image_size, num_classes=10)
+    return Trainer(cfg, model, train, val, ctx or dist.DistContext(), hooks=hooks, param_rule=compactor_rule(groups))
+
+
+def masked_count(groups):
+    return sum(len(pg.masked()) for pg in groups)
 
 
 # --- compactors -----------------------------------------------------------------------------------
@@ -121,26 +153,107 @@ def test_masks_do_not_change_the_forward():
         assert torch.equal(model(x), before)
 
 
+def test_gradient_reset_inside_a_real_training_step(tmp_path):
+    """After one real engine step, the gradient SGD used is m_j * task gradient + lambda * q_j / ||q_j||, with
+    the task gradient recomputed here by a separate forward/backward on the same batch and weights."""
+    model, graph, groups = resrep("src20")
+    perturb_compactors(groups, 0.3)
+    random_masks(groups, fraction=0.5, seed=3)
+    assert all(0 < len(pg.masked()) < pg.group.width for pg in groups[:3])  # masked and unmasked rows both
+    lam, lr = 0.02, 0.05
+    seen = {}
+
+    def before(trainer, images, labels):
+        seen.update(x=images.clone(), y=labels.clone(), state=copy.deepcopy(model.state_dict()))
+
+    def grads(trainer):  # placed after the ResRepHook: the gradient optimizer.step will use
+        seen["grad"] = {path: comp.pwc.weight.grad.clone() for pg in groups
+                        for path, comp in zip(pg.paths.values(), pg.compactors())}
+
+    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(lasso_strength=lam, before_mask_iters=100))
+    trainer = tiny_trainer(model, groups, [Probe(before_step=before), hook, Probe(after_backward=grads)], tmp_path,
+                           steps=1, lr=lr, image_size=32)
+    trainer.train_one_epoch(0)
+    assert trainer.step == 1 and hook.updates == 0
+
+    ref = resrep("src20", seed=5)[0]  # other weights, then the captured ones: nothing shared with `model`
+    ref.load_state_dict(seen["state"])
+    ref.train()
+    torch.nn.functional.cross_entropy(ref(seen["x"]), seen["y"]).backward()
+    checked_masked = checked_kept = 0
+    for path, got in seen["grad"].items():
+        q = seen["state"][f"{path}.pwc.weight"]
+        mask = seen["state"][f"{path}.mask"].view(-1)
+        task = ref.get_submodule(path).pwc.weight.grad
+        lasso = lam * q / q.flatten(1).pow(2).sum(1).sqrt().view(-1, 1, 1, 1)
+        off, on = mask == 0, mask == 1
+        assert torch.allclose(got[off], lasso[off], rtol=1e-5, atol=1e-9), path  # the task gradient is gone
+        assert torch.allclose(got[on], task[on] + lasso[on], rtol=1e-5, atol=1e-9), path
+        checked_masked += int(off.sum())
+        checked_kept += int(on.sum())
+        if off.any():  # the check has teeth: a masked row's task gradient is far above the tolerance
+            assert task[off].abs().max() > 1e-3, path  # ~1e-2 here; the tolerance is ~1e-7
+        # and it is the gradient the step used: first SGD step, no weight decay on compactors
+        now = model.get_submodule(path).pwc.weight.detach()
+        assert torch.allclose(now, q - lr * got, rtol=1e-6, atol=1e-8), path
+    assert checked_masked > 20 and checked_kept > 20
+
+
 # --- mask selection -------------------------------------------------------------------------------
 
-def brute_force(graph, base_deps, norms, masked_now, target, granularity, at_least):
-    """The rule as written in the docstring, with a full MACs recount after every channel."""
-    widths = graph.widths(base_deps)
+class Walk:
+    """What original_walk saw: rows masked in walk order (group id, channel), entries skipped, whether the cap
+    ended the walk, and whether its last visited entry was a skipped one."""
+
+    def __init__(self):
+        self.rows, self.skipped, self.capped, self.last_skipped = [], 0, False, False
+
+    def masks(self, gids, n=None):
+        out = {g: [] for g in gids}
+        for gid, j in self.rows[:n]:
+            out[gid].append(j)
+        return {g: sorted(c) for g, c in out.items()}
+
+
+def original_walk(graph, base_deps, norms, masked_now, target, granularity, at_least):
+    """The original's selection as specs/resrep.md 2.3 states it, written from the spec, not from rr/masks.py:
+    the cap is set from the masks in place; the walk starts from the unpruned widths and goes through all rows
+    ascending by norm; before each entry the MACs are recounted from a whole deps list; an entry whose group is
+    at `at_least` is skipped; the cap counts every visited entry, skipped ones included."""
     base = count(graph, base_deps)[0]
-    cur = {g: widths[g] - masked_now.get(g, 0) for g in norms}
-    cap = sum(masked_now.values()) + granularity if count(graph, graph.deps_at(base_deps, cur))[0] > target * base \
-        else math.inf
-    entries = sorted(((float(v), gid, j) for gid, t in norms.items() for j, v in enumerate(t)), key=lambda e: e[0])
-    attempt, chosen = {g: widths[g] for g in norms}, {g: [] for g in norms}
+    now = list(base_deps)
+    for gid, n in masked_now.items():
+        for p in graph.groups[gid].producers:
+            now[p.index] -= n
+    cap = sum(masked_now.values()) + granularity if count(graph, now)[0] > target * base else math.inf
+    entries = sorted((v, gid, j) for gid, t in norms.items() for j, v in enumerate(t.double().tolist()))
+    attempt, walk, visited = list(base_deps), Walk(), 0
     for _, gid, j in entries:
-        met = count(graph, graph.deps_at(base_deps, attempt))[0] <= target * base
-        if met or sum(map(len, chosen.values())) >= cap:
+        if count(graph, attempt)[0] <= target * base:
             break
-        if attempt[gid] <= at_least:
-            continue
-        attempt[gid] -= 1
-        chosen[gid].append(j)
-    return {g: sorted(c) for g, c in chosen.items()}
+        producers = graph.groups[gid].producers
+        walk.last_skipped = attempt[producers[0].index] <= at_least
+        if walk.last_skipped:
+            walk.skipped += 1
+        else:
+            for p in producers:
+                attempt[p.index] -= 1
+            walk.rows.append((gid, j))
+        visited += 1
+        if visited >= cap:
+            walk.capped = True
+            break
+    return walk
+
+
+def norms_with_a_tiny_group(groups, tiny=True, seed=1):
+    """Random distinct norms; with `tiny`, the first group's rows are the smallest of all, so the walk takes
+    them first, the group reaches num_at_least, and its last rows are skipped entries."""
+    g = torch.Generator().manual_seed(seed)
+    norms = {pg.id: torch.rand(pg.group.width, generator=g) for pg in groups}
+    if tiny:
+        norms[groups[0].id] *= 1e-3
+    return norms
 
 
 def test_incremental_macs_equal_a_full_recount():
@@ -152,57 +265,143 @@ def test_incremental_macs_equal_a_full_recount():
     assert counter.macs == count(graph, graph.deps_at(deps, counter.widths))[0]
 
 
-@pytest.mark.parametrize("target, granularity, masked_now", [(0.5, 4, 0), (0.5, 10**6, 0), (0.3, 7, 2), (0.95, 4, 2)])
-def test_selection_matches_brute_force(target, granularity, masked_now):
+# (target, begin_granularity, rows masked now in every group, tiny group, rows the walk masks, skipped, capped)
+# src20's internal groups have 16,16,16,32,32,32,64,64,64 rows; num_at_least is 3.
+AGREEING_CASES = [
+    (0.5, 4, 0, True, 4, 0, True),  # the cap binds on the tiny group's rows, before any skip
+    (0.3, 7, 2, False, 25, 0, True),  # the cap binds (18 + 7), no group reaches the floor
+    (0.5, 10**6, 0, True, None, 3, False),  # no cap: the tiny group stops at 3, its last 3 rows are skipped
+    (0.95, 4, 2, True, None, 0, False),  # the masks in place already meet the target: no cap
+]
+
+
+@pytest.mark.parametrize("target, granularity, masked_now, tiny, n, skipped, capped", AGREEING_CASES)
+def test_selection_equals_the_originals_walk_when_no_skipped_entry_meets_the_cap(target, granularity, masked_now,
+                                                                                  tiny, n, skipped, capped):
     _, graph, groups = resrep("src20")
-    g = torch.Generator().manual_seed(1)
-    norms = {pg.id: torch.rand(pg.group.width, generator=g) for pg in groups}
-    norms[groups[0].id] *= 1e-3  # one layer far below the rest: it stops at num_at_least
+    norms = norms_with_a_tiny_group(groups, tiny)
     masked_now = {pg.id: masked_now for pg in groups}
     deps = build_model("src20").deps
     got = select_masks(graph, deps, norms, masked_now, target, granularity, num_at_least=3)
-    assert got == brute_force(graph, deps, norms, masked_now, target, granularity, 3)
-    widths = {pg.id: pg.group.width - len(got[pg.id]) for pg in groups}
-    assert min(widths.values()) >= 3
-    base = count(graph, deps)[0]
-    macs = count(graph, graph.deps_at(deps, widths))[0]
-    now = count(graph, graph.deps_at(deps, {pg.id: pg.group.width - masked_now[pg.id] for pg in groups}))[0]
-    n, cap = sum(map(len, got.values())), sum(masked_now.values()) + granularity
-    if now > target * base and cap < 1000:
-        assert n == cap and macs > target * base  # the cap binds before the target
-    else:
-        assert macs <= target * base  # the target is met, and by the shortest prefix of the ranking
-        if target <= 0.5:
-            assert widths[groups[0].id] == 3
+    walk = original_walk(graph, deps, norms, masked_now, target, granularity, 3)
+    assert (walk.skipped, walk.capped) == (skipped, capped)  # the case is the one described
+    assert got == walk.masks(norms)
+    if n is not None:
+        assert len(walk.rows) == n
+    if not capped:  # stopped by the target: the shortest prefix that meets it
+        base = count(graph, deps)[0]
+        widths = {pg.id: pg.group.width - len(got[pg.id]) for pg in groups}
+        assert count(graph, graph.deps_at(deps, widths))[0] <= target * base
+        last_gid, _ = walk.rows[-1]
+        widths[last_gid] += 1
+        assert count(graph, graph.deps_at(deps, widths))[0] > target * base
+    if tiny and target <= 0.5 and not capped:
+        assert len(got[groups[0].id]) == 16 - 3  # the floor, not below
 
 
-def test_repeated_updates_reach_the_target_within_one_granularity():
+def test_no_cap_once_the_masks_in_place_meet_the_target():
+    """Masks in place on the costly stage-1 channels meet the target; the smallest norms are on the cheap
+    stage-3 channels, so the fresh walk needs far more rows than those masked now + begin_granularity, and
+    takes them all at once (the cap only applies while the target is not met)."""
+    _, graph, groups = resrep("src20")
+    deps = build_model("src20").deps
+    norms = norms_with_a_tiny_group(groups, tiny=False)
+    for pg in groups[6:]:  # stage 3: 64 channels at 8x8
+        norms[pg.id] *= 1e-3
+    masked_now = {pg.id: 13 if pg.group.width == 16 else 0 for pg in groups}
+    now = graph.deps_at(deps, {pg.id: pg.group.width - masked_now[pg.id] for pg in groups})
+    target = count(graph, now)[0] / count(graph, deps)[0] + 1e-3
+    got = select_masks(graph, deps, norms, masked_now, target, 4, num_at_least=1)
+    walk = original_walk(graph, deps, norms, masked_now, target, 4, 1)
+    assert not walk.capped and len(walk.rows) > 39 + 4
+    assert got == walk.masks(norms)
+    assert {g for g, c in got.items() if c} == {pg.id for pg in groups[6:]}
+
+
+def test_our_cap_counts_only_masked_rows_the_originals_counts_skipped_entries_too():
+    """The deliberate deviation (rr/masks.py docstring): where skipped entries come before the cap, we mask
+    exactly that many more rows than the original, and the original's rows are a subset of ours. Both are
+    prefixes of the uncapped walk."""
+    _, graph, groups = resrep("src20")
+    norms = norms_with_a_tiny_group(groups)
+    masked_now = {pg.id: 2 for pg in groups}
+    deps = build_model("src20").deps
+    cap = 9 * 2 + 7
+    got = select_masks(graph, deps, norms, masked_now, 0.3, 7, num_at_least=3)
+    orig = original_walk(graph, deps, norms, masked_now, 0.3, 7, 3)
+    free = original_walk(graph, deps, norms, masked_now, 0.3, math.inf, 3)
+    # the tiny group: 13 rows down to 3, then its last 3 rows skipped, all within the cap; the walk ends on a
+    # masked row, so reading "the cap is checked after every entry" or "after masked ones" gives the same
+    assert (orig.skipped, orig.capped, orig.last_skipped) == (3, True, False)
+    assert not free.capped and len(free.rows) > cap
+    n = sum(map(len, got.values()))
+    assert len(orig.rows) == cap - orig.skipped == 22
+    assert n == cap == len(orig.rows) + orig.skipped
+    assert all(set(orig.masks(norms)[g]) <= set(got[g]) for g in got)
+    assert got == free.masks(norms, cap) and orig.masks(norms) == free.masks(norms, cap - orig.skipped)
+
+
+def test_repeated_updates_grow_by_the_granularity_until_the_target():
     model, graph, groups = resrep("src56")
     cfg = ResRepConfig(flops_target=0.471, before_mask_iters=0, mask_interval=1, begin_granularity=4, num_at_least=1)
     hook = ResRepHook(graph, model.deps, groups, cfg)
     perturb_compactors(groups, 1.0)
+    norms = {pg.id: pg.norms() for pg in groups}
+    final = original_walk(graph, model.deps, norms, {}, cfg.flops_target, math.inf, 1)  # the shortest prefix
+    total = len(final.rows)
+    k = -(-total // 4)  # updates until the target: 4 more rows each, the last one possibly fewer
+    assert k > 10
     base = count(graph, model.deps)[0]
-    ratios, counts = [], []
-    for _ in range(400):
+    ratios, counts, previous = [], [], set()
+    for _ in range(k + 1):  # one more after the target: the masks stay
         chosen = hook.update_masks()
-        counts.append(sum(map(len, chosen.values())))
+        rows = {(g, j) for g, c in chosen.items() for j in c}
+        assert previous <= rows  # norms do not change here: each update extends the last
+        previous = rows
+        counts.append(len(rows))
         ratios.append(count(graph, hook.masked_deps())[0] / base)
-        if ratios[-1] <= cfg.flops_target:
-            break
-    assert ratios[-1] <= 0.471 < ratios[-2]
-    assert all(b - a <= 4 for a, b in zip([0] + counts, counts))  # at most 4 more rows per update
+    assert counts == [4 * i for i in range(1, k)] + [total, total]
+    assert ratios[-3] > cfg.flops_target >= ratios[-2] == ratios[-1]
+    assert chosen == final.masks(norms) and hook.updates == k + 1
     deps = hook.masked_deps()
     for pg in groups:  # converted width = origin - masked, never below num_at_least
         assert deps[pg.group.producers[0].index] == pg.group.width - len(pg.masked()) >= 1
 
 
-def test_mask_update_on_sres50_runs():
-    # How fast it is is measured by benchmarks/; here it must simply finish and meet the target.
+def test_mask_update_on_sres50_meets_the_target_with_the_fewest_smallest_rows():
+    # How fast it is is measured by benchmarks/; here it must finish and meet the target, and no sooner.
     model, graph, groups = resrep_model("sres50")
     perturb_compactors(groups, 1.0)
     hook = ResRepHook(graph, model.deps, groups, ResRepConfig(flops_target=0.455, begin_granularity=10**9))
     hook.update_masks()
-    assert count(graph, hook.masked_deps())[0] <= 0.455 * count(graph, model.deps)[0]
+    base = count(graph, model.deps)[0]
+    assert count(graph, hook.masked_deps())[0] <= 0.455 * base
+    widths = {pg.id: pg.group.width - len(pg.masked()) for pg in groups}
+    assert min(widths.values()) > 1  # no group at num_at_least: a plain global ranking
+    masked = torch.cat([pg.norms()[pg.masked()] for pg in groups])
+    kept = torch.cat([pg.norms()[[j for j in range(pg.group.width) if j not in set(pg.masked())]] for pg in groups])
+    assert masked.max() < kept.min()  # the smallest rows of all groups together
+    last = max(groups, key=lambda pg: float(pg.norms()[pg.masked()].max()) if pg.masked() else -1.0)
+    widths[last.id] += 1  # unmask the largest masked row: the target is no longer met
+    assert count(graph, graph.deps_at(model.deps, widths))[0] > 0.455 * base
+
+
+@pytest.mark.parametrize("before, interval, steps, expected", [(3, 2, 9, [5, 7, 9]), (4, 1, 7, [5, 6, 7]),
+                                                              (0, 3, 7, [3, 6])])
+def test_mask_updates_happen_at_the_originals_steps(tmp_path, before, interval, steps, expected):
+    """The original's trigger: it > before_mask_iters and (it - before_mask_iters) % mask_interval == 0, with
+    `it` the number of steps taken. A probe after the ResRepHook sees every step's updates and masks."""
+    model, graph, groups = resrep("src20")
+    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(flops_target=0.3, before_mask_iters=before,
+                                                              mask_interval=interval, begin_granularity=3))
+    seen = []
+    probe = Probe(after_step=lambda t: seen.append((t.step, hook.updates, masked_count(groups))))
+    tiny_trainer(model, groups, [hook, probe], tmp_path, steps=steps).train_one_epoch(0)
+    assert [s for s, _, _ in seen] == list(range(1, steps + 1))
+    updated = [s for (s, u, _), prev in zip(seen, [0] + [u for _, u, _ in seen]) if u != prev]
+    assert updated == expected
+    # the masks change at exactly those steps, 3 more rows each (the target is far)
+    assert [n for _, _, n in seen] == [3 * sum(s >= e for e in expected) for s in range(1, steps + 1)]
 
 
 # --- conversion -----------------------------------------------------------------------------------
@@ -241,6 +440,7 @@ def test_conversion_of_residual_groups_is_exact_too():
 
 
 def short_training(arch, tmp_path, steps=4, batch=8):
+    """Steps 2, 3, 4 update the masks (before_mask_iters=1, mask_interval=1), 40 more rows each."""
     model, graph, groups = resrep(arch)
     perturb_compactors(groups, 0.1)
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, schedule="cosine", max_steps=steps, eval_every=1,
@@ -250,38 +450,73 @@ def short_training(arch, tmp_path, steps=4, batch=8):
                                                               begin_granularity=40, lasso_strength=0.1))
     trainer = Trainer(cfg, model, train, val, dist.DistContext(), hooks=[hook], param_rule=compactor_rule(groups))
     trainer.train_one_epoch(0)  # the training loop alone: no evaluation, no files
-    return model, graph, groups
+    return model, graph, groups, hook
 
 
 @pytest.mark.parametrize("arch", ["src56", "vc"])
 def test_conversion_is_exact_after_training_with_masks(arch, tmp_path):
-    model, graph, groups = short_training(arch, tmp_path)
-    n = sum(len(pg.masked()) for pg in groups)
-    assert 40 < n <= 120  # three updates of at most 40 rows
+    model, graph, groups, hook = short_training(arch, tmp_path)
+    # three updates, each 40 more rows: the target (half the MACs) is far from met with 120 rows
+    assert hook.updates == 3 and masked_count(groups) == 120 and hook.reached_at is None
     assert pruned_row_norm(groups) > 0  # unconverged rows: conversion compares with them zeroed
     check_conversion(arch, model, graph, groups, example_input(arch, batch=4))
 
 
 # --- two processes --------------------------------------------------------------------------------
 
-def _ddp_worker(rank, world, out):
+def _ddp_worker(rank, world, out, graph):
+    """src20 with masks updated at steps 2, 4, 6 (the last step), 5 more rows each; what each rank saw goes
+    to rank<r>.pt: compactor weights and masked counts before each update (a probe before the ResRepHook),
+    the masks after it (a probe after), and the final parameters and masks."""
     with gloo_group() as ctx:
-        torch.manual_seed(0)
-        model = build_model("src20")
-        graph = arch_graph_at("src20", model.deps)
-        groups = insert_compactors(model, graph)
-        cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, schedule="cosine", max_steps=6, output=out)
-        train, val = make_loaders("synthetic", None, 16, "cpu", rank, world, image_size=16, num_classes=10)
-        hook = ResRepHook(graph, model.deps, groups, ResRepConfig(before_mask_iters=0, mask_interval=2,
-                                                                  begin_granularity=5, lasso_strength=0.01))
-        Trainer(cfg, model, train, val, ctx, hooks=[hook], param_rule=compactor_rule(groups)).train_one_epoch(0)
-        torch.save({pg.id: pg.masked() for pg in groups}, os.path.join(out, f"masks{rank}.pt"))
+        model = random_model("src20")  # identity compactors: the ranking comes from training alone
+        groups = insert_compactors(model, graph)  # the parent's graph: tracing it again costs seconds
+        hook = ResRepHook(graph, model.deps, groups, ResRepConfig(flops_target=0.3, before_mask_iters=0,
+                                                                  mask_interval=2, begin_granularity=5,
+                                                                  lasso_strength=0.01))
+        before, after = [], []
+        comps = lambda: {path: c.pwc.weight.detach().clone() for pg in groups
+                         for path, c in zip(pg.paths.values(), pg.compactors())}
+        first = Probe(after_step=lambda t: before.append((t.step, comps(), {pg.id: len(pg.masked()) for pg in groups})))
+        last = Probe(after_step=lambda t: after.append((t.step, hook.updates, {pg.id: pg.masked() for pg in groups})))
+        tiny_trainer(model, groups, [first, hook, last], out, steps=6, batch=8, ctx=ctx, rank=rank,
+                     world=world).train_one_epoch(0)
+        torch.save({"params": {n: p.detach().clone() for n, p in model.named_parameters()},
+                    "masks": {n: b.clone() for n, b in model.named_buffers() if n.endswith(".mask")},
+                    "before": before, "after": after}, os.path.join(out, f"rank{rank}.pt"))
 
 
-def test_two_gloo_processes_choose_the_same_masks(tmp_path):
-    spawn_ranks(_ddp_worker, str(tmp_path))
-    m0, m1 = (torch.load(tmp_path / f"masks{r}.pt") for r in (0, 1))
-    assert m0 == m1 and sum(map(len, m0.values())) == 15  # three updates of 5 rows
+def test_two_gloo_processes_train_alike_and_choose_the_masks_one_process_would(tmp_path):
+    _, graph, groups = resrep("src20")
+    spawn_ranks(_ddp_worker, str(tmp_path), graph)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    # (a) one model on both ranks, bitwise: parameters (compactors included) and masks
+    assert r0["params"].keys() == r1["params"].keys() and len(r0["masks"]) == 9
+    for k in r0["params"]:
+        assert torch.equal(r0["params"][k], r1["params"][k]), k
+    for k in r0["masks"]:
+        assert torch.equal(r0["masks"][k], r1["masks"][k]), k
+    # (b) every update, re-derived in this one process from what the probes saw just before it
+    deps = build_model("src20").deps
+    updates = [(s, u, m) for s, u, m in r0["after"] if s % 2 == 0]
+    assert [(s, u) for s, u, _ in r0["after"]] == [(1, 0), (2, 1), (3, 1), (4, 2), (5, 2), (6, 3)]
+    assert r0["after"] == r1["after"]  # the same masks on both ranks right after every update, not one step later
+    for (step, weights, masked_now), (step_after, _, got) in zip(r0["before"], r0["after"]):
+        assert step == step_after
+        if step % 2:
+            continue
+        norms = {pg.id: torch.stack([torch.linalg.vector_norm(weights[p], dim=(1, 2, 3)) for p in pg.paths.values()])
+                 .pow(2).sum(0).sqrt() for pg in groups}
+        want = select_masks(graph, deps, norms, masked_now, 0.3, 5, 1)
+        assert got == want, step
+        assert sum(map(len, got.values())) == 5 * step // 2  # the cap binds: 5 more rows per update
+    # the last update is that of the final weights: masks on file = select_masks(final norms, counts at step 4)
+    final = {pg.id: (r0["masks"][f"{next(iter(pg.paths.values()))}.mask"] == 0).nonzero().flatten().tolist()
+             for pg in groups}
+    assert final == updates[-1][2]
+    for path in r0["before"][-1][1]:
+        assert torch.equal(r0["before"][-1][1][path], r0["params"][f"{path}.pwc.weight"])
+    assert sum(r0["before"][-1][2].values()) == 10
 
 
 # --- the entry script -----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 from base_model import build_model
 from utils.training.data import make_loaders
 from utils.training.dist import DistContext, resolve_device
-from utils.training.engine import TrainConfig, Trainer, param_groups
+from utils.training.engine import TrainConfig, Trainer, param_groups, resolve_amp
 
 
 def sync(device):
@@ -40,7 +40,7 @@ def bare_loop(model, cfg, batches, device):
     sync(device)
     t = time.perf_counter()
     for x, y in batches:
-        with torch.autocast("cuda", torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+        with torch.autocast(device.type, torch.bfloat16, enabled=resolve_amp(cfg.amp, device)):
             loss = crit(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -79,7 +79,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: where it is native, as the engine)")
     p.add_argument("--data", default="cifar10-mini")
     p.add_argument("--data-root")
     args = p.parse_args(argv)
@@ -91,7 +92,7 @@ def main(argv=None):
     batches = [b for _, b in zip(range(steps), train.batches())]
     torch.manual_seed(0)
     model = build_model(args.arch).to(device)
-    if cfg.channels_last and device.type == "cuda":
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
     bare_loop(model, cfg, batches[:3], device)  # warm-up (allocator, cuDNN autotune)
@@ -103,7 +104,9 @@ def main(argv=None):
               "steps": steps, "bare_img_s": statistics.median(bare), "engine_img_s": statistics.median(engine),
               "data_img_s": statistics.median(data_rate(train, len(train), device) for _ in range(3))}
     result["ratio"] = result["engine_img_s"] / result["bare_img_s"]
-    print(f"{args.arch} batch {args.batch_size} on {device} ({result['threads']} threads), {steps} steps x "
+    result["precision"] = "bf16 autocast" if resolve_amp(cfg.amp, device) else "fp32"
+    print(f"{args.arch} batch {args.batch_size} on {device} ({result['threads']} threads, {result['precision']}, "
+          f"channels_last), {steps} steps x "
           f"{args.repeats}: bare {result['bare_img_s']:.0f} img/s, engine {result['engine_img_s']:.0f} img/s, "
           f"ratio {result['ratio']:.3f}; {args.data} data path alone {result['data_img_s']:.0f} img/s")
     print(json.dumps(result))

@@ -40,9 +40,9 @@ def convert(model, graph, decisions, build, batches, reference=None, reference_n
     info = conversion_summary(graph, old_deps, deps, diff, base_deps)
     lines = info.pop("lines")
     if ref is model:
-        lines.insert(0, f"max |logit difference| trained vs converted: {diff:.3g}")
+        lines.insert(0, f"max |logit difference| trained vs converted: {diff:.3g} (fp32)")
     else:
-        lines[:0] = [f"max |logit difference| {reference_name} vs converted: {diff:.3g} (the conversion itself)",
-                     f"max |logit difference| trained vs converted: {raw:.3g} (the trained net as it is)"]
+        lines[:0] = [f"max |logit difference| {reference_name} vs converted: {diff:.3g} (fp32; the conversion itself)",
+                     f"max |logit difference| trained vs converted: {raw:.3g} (fp32; the trained net as it is)"]
     info.update(reference=reference_name, raw_logit_diff=raw)
     return Conversion(small, narrow_state, deps, info, lines)

@@ -19,7 +19,8 @@ def add_train_args(p):
     g.add_argument("--gamma", type=float)
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast on CUDA")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on where it is native: CUDA, CPUs with AVX512-BF16 or AMX)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--eval-every", type=int, help="epochs between evaluations")

@@ -199,7 +199,7 @@ def convert_and_save(run, plan, name, label):
     trained, graph, out = run.trainer.model, run.graph, run.cfg.output
     conv = convert(trained, graph, plan.decisions, run.build, run.val.batches, plan.reference, plan.reference_name,
                    plan.state, base_deps=default_deps(run.args.arch))
-    metrics = evaluate(conv.model, run.val, run.ctx.device, run.cfg.amp)  # every rank: it all-reduces
+    metrics = evaluate(conv.model, run.val, run.ctx.device, run.trainer.amp)  # every rank: it all-reduces
     info = {**conv.info, **plan.info, "trained_metrics": run.trainer.metrics, "converted_metrics": metrics}
     path = os.path.join(out, CONVERTED)
     for line in [*plan.lines, *conv.lines, f"trained: top1 {run.trainer.metrics['top1']:.2f}; converted: top1 "

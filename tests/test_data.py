@@ -59,11 +59,11 @@ def epoch_ids(loader, epoch, start=0):
 
 def test_mini_loads_balanced_real_images(mini):
     train, val = make_loaders("cifar10-mini", "ignored", 100, "cpu", 0, 1, 0, 0)
-    assert (train.dataset_size, val.dataset_size, train.num_classes) == (5000, 1000, 10)
-    assert (len(train), len(val), train.num_samples, val.num_samples) == (50, 10, 5000, 1000)
+    assert (train.dataset_size, val.dataset_size, train.num_classes) == (5000, 10000, 10)
+    assert (len(train), len(val), train.num_samples, val.num_samples) == (50, 100, 5000, 10000)
     assert train.images.dtype == torch.uint8 and train.images.shape == (5000, 3, 32, 32)
     assert torch.bincount(train.labels).tolist() == [500] * 10
-    assert torch.bincount(val.labels).tolist() == [100] * 10
+    assert torch.bincount(val.labels).tolist() == [1000] * 10  # the whole CIFAR-10 test set
     assert mini[2] == CIFAR_CLASSES
     for loader in (train, val):
         images, labels = next(loader.batches())
@@ -123,9 +123,9 @@ def test_val_ranks_together_see_the_whole_split(mini, monkeypatch):
     monkeypatch.setattr(data, "cifar_from_archive", lambda *args, **kwargs: mini)  # skip decoding again
     val = [make_loaders("cifar10-mini", None, 128, "cpu", r, 2, 0, 0)[1] for r in range(2)]
     labels = torch.cat([y for l in val for _, y in l.batches()])
-    assert labels.numel() == val[0].dataset_size == 1000
-    assert torch.bincount(labels).tolist() == [100] * 10
-    assert [len(y) for _, y in val[0].batches()][-1] == 500 - 7 * 64  # partial
+    assert labels.numel() == val[0].dataset_size == 10000
+    assert torch.bincount(labels).tolist() == [1000] * 10
+    assert [len(y) for _, y in val[0].batches()][-1] == 5000 - 39 * 128  # partial
 
 
 def test_crop_is_a_shift_with_zeros_and_flip_mirrors():
@@ -311,3 +311,15 @@ def test_real_cifar10_full_load():
     assert (train.dataset_size, val.dataset_size, len(train)) == (50000, 10000, 390)
     assert torch.bincount(train.labels).tolist() == [5000] * 10
     assert torch.bincount(val.labels).tolist() == [1000] * 10
+
+
+def test_mini_is_decoded_once_into_the_home_cache_never_beside_the_repo_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    real = data.cifar_from_archive
+    monkeypatch.setattr(data, "cifar_from_archive", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = make_loaders("cifar10-mini", None, 100, "cpu")[1]
+    second = make_loaders("cifar10-mini", None, 100, "cpu")[1]
+    assert len(calls) == 1 and torch.equal(first.images, second.images) and first.dataset_size == 10000
+    assert len(os.listdir(tmp_path / "cache")) == 1
+    assert not [n for n in os.listdir(os.path.dirname(MINI_ARCHIVE)) if n.endswith(".npz")]

@@ -4,8 +4,9 @@ Datasets (`--data`):
   cifar10       torchvision's `cifar-10-batches-py/`, an image folder (`train/<class>/*.jpg|png` and
                 `test/` or `val/`), or a .tar(.gz) holding that folder; under `--data-root`
                 (default cifar10_data). Decoded image folders are cached as .npz.
-  cifar10-mini  a real balanced subset embedded in the repo (utils/datasets/cifar10-mini.tar.gz:
-                500 train + 100 test images per class, built by make_cifar10_mini.py).
+  cifar10-mini  real CIFAR-10 embedded in the repo (utils/training/datasets/cifar10-mini.tar.gz, 4.8 MB):
+                500 training images per class and the whole test set (10,000), built by
+                make_cifar10_mini.py; decoded once (3 s) and cached under ~/.cache/pruning-data.
   imagenet      `train/` and `val/` class folders under `--data-root` (default imagenet_data).
   synthetic     seeded random images with learnable labels, for smoke runs.
 
@@ -74,8 +75,9 @@ def make_loaders(dataset, data_root=None, batch_size=64, device="cpu", rank=0, w
         prepare = lambda x: F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
         return (TensorLoader(tx, ty, num_classes, train=True, augment=False, prepare=prepare, **common),
                 TensorLoader(vx, vy, num_classes, train=False, augment=False, prepare=prepare, **common))
-    if dataset == "cifar10-mini":
-        data = cifar_from_archive(MINI_ARCHIVE, show=False)  # a few seconds: no cache beside the repo's file
+    if dataset == "cifar10-mini":  # cached in the home folder only: nothing is written beside the repo's file
+        data = _rank0_first(rank, world_size, lambda: _cached(
+            MINI_ARCHIVE, lambda: cifar_from_archive(MINI_ARCHIVE, show=False), show=False, beside=False))
     else:
         root = data_root or DEFAULT_ROOTS["cifar10"]
         data = _rank0_first(rank, world_size, lambda: load_cifar10(root, download and rank == 0, show=rank == 0))
@@ -262,7 +264,8 @@ def _not_found_message(dataset, root, path, download_failure=None):
         layout = (f"{path}/cifar-10-batches-py/ (torchvision's format), or an image folder "
                   f"{path}/train/<class>/*.jpg|png with {path}/test/ or {path}/val/ beside it, "
                   f"or a .tar.gz holding such a folder")
-        link, extra = "cifar10_data", "; or use --data cifar10-mini for the embedded real subset (5,000 + 1,000 images)"
+        link, extra = "cifar10_data", ("; or use --data cifar10-mini for the embedded real CIFAR-10 (5,000 training "
+                                   "images and the 10,000 test images)")
     tried = f" (downloading the official release failed: {download_failure})" if download_failure else ""
     where = repr(str(root)) if str(root) == path else f"{str(root)!r} ({path})"
     return (f"{dataset} data not found at {where}{tried}. Expected {layout}. Fix: link your copy "
@@ -355,13 +358,14 @@ def _source_key(path):
     return f"{path}|{count}|{size}|{newest}"
 
 
-def _cache_paths(path, key):
-    """Beside the data (shared by every user of it), else under ~/.cache when that folder is read-only."""
+def _cache_paths(path, key, beside=True):
+    """Beside the data (shared by every user of it), else under ~/.cache when that folder is read-only
+    (or when `beside` is off)."""
     stem = os.path.basename(path.rstrip("/")).split(".")[0] or "data"
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     home = os.path.join(CACHE_DIR, f"{stem}-{digest}.npz")
-    beside = path.rstrip("/") + ".decoded.npz"
-    return [beside, home] if _writable(os.path.dirname(beside)) else [home]
+    near = path.rstrip("/") + ".decoded.npz"
+    return [near, home] if beside and _writable(os.path.dirname(near)) else [home]
 
 
 def _writable(folder):
@@ -370,11 +374,11 @@ def _writable(folder):
     return os.access(folder, os.W_OK) and bool(os.stat(folder).st_mode & 0o200)
 
 
-def _cached(path, build, show):
+def _cached(path, build, show, beside=True):
     from utils.atomic import atomic_write
     path = os.path.realpath(path)
     key = _source_key(path)
-    candidates = _cache_paths(path, key)
+    candidates = _cache_paths(path, key, beside)
     for cache in candidates:
         data = _read_cache(cache, key)
         if data is not None:

@@ -1,24 +1,28 @@
-"""Compare the four methods on one base network at one MACs target: `python compare_methods.py`.
+"""Compare the four methods and the baselines on one base network: `python compare_methods.py`.
 
-Trains a base network (src20 on the embedded cifar10-mini by default), prunes it with ResRep, C-SGD,
-AOFP and SFP to the same fraction of its MACs (`--macs-target`, each method as close as it allows,
-all on the internal layers), converts each to a physically narrower network through each method's own
-entry script, reads every converted file back, evaluates it, times it (BN fused) and writes under the
-output folder (default compare_models/{arch}_{data}/):
+Trains a base network (src20 on the embedded cifar10-mini by default: 5,000 training images and the whole
+10,000-image test set), prunes it with ResRep, C-SGD, AOFP and SFP to the same fraction of its MACs
+(`--macs-target`, each as close as it allows, all on the internal layers), runs the baselines at the same
+MACs and epochs (L1 pruning + fine-tune, the narrow net from scratch, the base trained as long), for each
+seed of `--seeds` and each target, reads every network back from its file, evaluates it, times it (BN
+fused) and writes under the output folder (default compare_models/{arch}_{data}/):
 
-    comparison.md    the table: accuracy before/after conversion, MACs, params, latency, logit diff
-    comparison.png   top-1 against MACs, one point per method and the base
-    comparison.json  every number, the settings and the command of each stage
-    base/ resrep/ csgd/ aofp/ sfp/   each stage's own folder (finish.hdf5 and finish_converted.hdf5, log.txt, ...)
+    comparison.md    the table (mean ± std over seeds, n), which method beats which baseline, the commands
+    comparison.png   top-1 against MACs, a line per method and baseline, error bars; the base as a star
+    speedup.png      the measured speed-up against MACs
+    comparison.json  every run's numbers, the table's rows, the settings and the command of each stage
+    base/            the base;  {resrep,csgd,aofp,sfp,l1,scratch}/macs{T}-seed{S}/, base+/seed{S}/: each stage
     onnx/            with --onnx: every network as ONNX (BN fused), checked in ONNX Runtime
 
 Budgets: `demo` (default on cifar10-mini and synthetic: minutes on a laptop CPU), `paper` (default
-otherwise: each method's own recipe, e.g. `--data cifar10 -a src56`), `smoke` (a few steps per stage).
-A finished stage is not redone; an interrupted one resumes when the same command is re-run.
+otherwise: each method's own recipe, e.g. `--data cifar10 -a src56`), `study` (full CIFAR-10, see the
+README), `smoke` (a few steps per stage). A finished stage is not redone; an interrupted one resumes
+when the same command is re-run.
 
-This file is orchestration only: what each method knows (its demo flags, how it meets a MACs target,
-its footnote) is its package's comparison.py (`utils.tools.compare.Entry`); every stage's result is read
-from the one file layout all methods write (utils/training/skeleton.py).
+This file is orchestration only: what each method or baseline knows (its budget flags, how it meets a
+MACs target, its footnote) is an `Entry` in its package's comparison.py; every stage's result is read
+from the one file layout all of them write (utils/training/skeleton.py); the aggregation over seeds, the
+verdicts and the table are utils/tools/compare.py, the plots utils/tools/plots.py.
 """
 import argparse
 import os
@@ -31,6 +35,7 @@ import torch
 import train_base_model
 from aofp.comparison import ENTRY as AOFP
 from base_model import default_deps, get_arch
+from baselines.comparison import L1, LONGER, SCRATCH
 from csgd.comparison import ENTRY as CSGD
 from rr.comparison import ENTRY as RESREP
 from sfp.comparison import ENTRY as SFP
@@ -38,8 +43,9 @@ from utils.atomic import write_json, write_text
 from utils.command import run_main
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
-from utils.tools.compare import EXACT_TOL, plot, report_markdown
+from utils.tools.compare import EXACT_TOL, aggregate, report_markdown, verdicts
 from utils.tools.latency import measure
+from utils.tools.plots import plot_accuracy, plot_speedup
 from utils.tools.store import model_from_hdf5, read_attrs
 from utils.training.cli import base_weights
 from utils.training.data import make_loaders
@@ -47,13 +53,33 @@ from utils.training.dist import resolve_device
 from utils.training.engine import evaluate
 from utils.training.skeleton import converted_file
 
-ENTRIES = {e.name: e for e in (RESREP, CSGD, AOFP, SFP)}  # a new row: its package's comparison.py, and here
-METHODS = tuple(ENTRIES)
+ENTRIES = {e.name: e for e in (RESREP, CSGD, AOFP, SFP, L1, SCRATCH, LONGER)}  # a new row: an Entry, and here
+METHODS = ("resrep", "csgd", "aofp", "sfp")
+BASELINES = ("l1", "scratch", "base+")
 GROUPS = "internal"  # every method prunes the internal layers only (ResRep's and AOFP's choice)
-# The base's flags per budget (the methods' own are in their Entry). `demo` is sized for src20 on
-# cifar10-mini (78 steps of 64 images an epoch): 10 base epochs, then 6 epochs per method.
-BASE_BUDGETS = {"paper": [], "demo": ["--epochs", "10"], "smoke": ["--epochs", "1", "--max-steps", "3"]}
-BUDGETS = ("demo", "paper", "smoke")
+# The base's flags per budget (the others' are in their Entry). `demo` is sized for src20 on cifar10-mini
+# (78 steps of 64 images an epoch): a 10-epoch base, then 6 epochs per method and baseline (16 for scratch);
+# every stage evaluates its 10,000 test images once, at its end.
+BASE_BUDGETS = {"paper": [], "demo": ["--epochs", "10"], "smoke": ["--epochs", "1", "--max-steps", "3"],
+                "study": ["--epochs", "25", "--batch-size", "128", "--lr", "0.1", "--schedule", "cosine",
+                          "--weight-decay", "5e-4", "--nesterov"]}
+QUIET = {b: ["--eval-every", "1000", "--eval-last", "0", "--no-eval-start"] for b in ("demo", "study")}
+BUDGETS = ("demo", "paper", "study", "smoke")
+
+
+def names(text, allowed, flag):
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in chosen if m not in allowed]
+    if bad:
+        raise ValueError(f"{flag} {','.join(bad)}: choose from {', '.join(allowed)}")
+    return chosen
+
+
+def numbers(text, flag, kind=float):
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected a comma list of numbers") from None
 
 
 def parse(argv=None):
@@ -61,28 +87,35 @@ def parse(argv=None):
     p.add_argument("-a", "--arch", default="src20", help="the base network (default %(default)s)")
     p.add_argument("--data", default="cifar10-mini", help="cifar10-mini (embedded; default), cifar10, imagenet, synthetic")
     p.add_argument("--data-root", help="dataset folder or archive (cifar10, imagenet)")
-    p.add_argument("--macs-target", type=float, default=0.5, help="fraction of the base MACs to keep (default %(default)s)")
+    p.add_argument("--macs-target", default="0.5",
+                   help="fraction of the base MACs to keep, or a comma list for a curve, e.g. 0.3,0.5,0.7 (default 0.5)")
     p.add_argument("--budget", choices=BUDGETS, help="demo on cifar10-mini/synthetic, paper otherwise")
     p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: all four)")
+    p.add_argument("--baselines", default=",".join(BASELINES), help="comma list, or '' for none (default: all three)")
+    p.add_argument("--seeds", help="comma list: every pruning and baseline stage once per seed (default: --seed)")
     p.add_argument("--extra", action="append", default=[], metavar="STAGE=FLAGS",
                    help="more flags for one stage's script, after the budget's (later flags win), e.g. "
-                        "--extra 'resrep=--epochs 2 --lr 0.02'; stages: base, " + ", ".join(METHODS))
+                        "--extra 'resrep=--epochs 2 --lr 0.02'; stages: base, " + ", ".join(ENTRIES))
     p.add_argument("--base", help="an existing base hdf5 (skips training the base)")
     p.add_argument("-o", "--output", help="folder for everything (default compare_models/{arch}_{data})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the base's seed (and the stages' without --seeds)")
     p.add_argument("--onnx", action="store_true", help="also export every network as ONNX and check it in ONNX Runtime")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed passes per latency (median)")
     args = p.parse_args(argv)
     get_arch(args.arch)
-    if not 0 < args.macs_target < 1:
-        raise ValueError(f"--macs-target {args.macs_target}: the fraction of the MACs to keep must be in (0, 1)")
+    args.macs_targets = numbers(args.macs_target, "--macs-target")
+    if not args.macs_targets or not all(0 < t < 1 for t in args.macs_targets):
+        raise ValueError(f"--macs-target {args.macs_target}: every fraction of the MACs to keep must be in (0, 1)")
+    args.seeds = numbers(args.seeds, "--seeds", int) if args.seeds is not None else [args.seed]
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds {','.join(map(str, args.seeds))}: give distinct seeds")
     if not args.latency_repeats >= 1:
         raise ValueError(f"--latency-repeats {args.latency_repeats}: must be at least 1")
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in args.methods if m not in METHODS]
-    if bad or not args.methods:
-        raise ValueError(f"--methods {','.join(bad) or '(none)'}: choose from {', '.join(METHODS)}")
+    args.methods = names(args.methods, METHODS, "--methods")
+    args.baselines = names(args.baselines, BASELINES, "--baselines")
+    if not args.methods + args.baselines:
+        raise ValueError("--methods and --baselines name nothing to run")
     args.extra = parse_extra(args.extra)
     args.budget = args.budget or ("demo" if args.data in ("cifar10-mini", "synthetic") else "paper")
     args.output = args.output or os.path.join("compare_models", f"{args.arch}_{args.data}")
@@ -96,8 +129,8 @@ def parse_extra(items):
     extra = {}
     for item in items:
         stage, sep, flags = item.partition("=")
-        if not sep or stage not in ("base", *METHODS):
-            raise ValueError(f"--extra {item!r}: expected STAGE=FLAGS with STAGE one of base, {', '.join(METHODS)}")
+        if not sep or stage not in ("base", *ENTRIES):
+            raise ValueError(f"--extra {item!r}: expected STAGE=FLAGS with STAGE one of base, {', '.join(ENTRIES)}")
         extra.setdefault(stage, []).extend(shlex.split(flags))
     return extra
 
@@ -109,25 +142,25 @@ class Stages:
     def __init__(self, args):
         self.args = args
         self.commands = []
-        self.common = ["--data", args.data, "--device", args.device, "--seed", str(args.seed)]
+        self.common = ["--data", args.data, "--device", args.device]
         if args.data_root:
             self.common += ["--data-root", args.data_root]
+        per_seed = [ENTRIES[n] for n in args.methods + args.baselines]
+        self.total = 1 + len(args.seeds) * sum(len(args.macs_targets) if e.per_target else 1 for e in per_seed)
+        self.step = 0
 
-    def folder(self, name):
-        return os.path.join(self.args.output, name)
-
-    def run(self, name, label, script, argv, done, main, step):
+    def run(self, folder, label, script, argv, done, main):
+        self.step += 1
         command = f"python {script} {shlex.join(argv)}"
         self.commands.append(command)
-        total = 1 + len(self.args.methods)
-        record = os.path.join(self.folder(name), "stage_command.txt")
+        record = os.path.join(folder, "stage_command.txt")
         if os.path.exists(record) and open(record).read().strip() != command:
-            raise ValueError(f"{self.folder(name)} was made by another command:\n  {open(record).read().strip()}\n"
+            raise ValueError(f"{folder} was made by another command:\n  {open(record).read().strip()}\n"
                              f"not\n  {command}\ndelete the folder to redo the stage, or pass another -o")
         if os.path.exists(done):
-            print(f"== [{step}/{total}] {label}: done ({done}; delete it to redo)", flush=True)
+            print(f"== [{self.step}/{self.total}] {label}: done ({done}; delete it to redo)", flush=True)
             return
-        print(f"== [{step}/{total}] {label}: {command}", flush=True)
+        print(f"== [{self.step}/{self.total}] {label}: {command}", flush=True)
         write_text(record, command + "\n")
         t = time.time()
         main(argv)
@@ -144,36 +177,64 @@ class Stages:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path} (the base model) is missing: make it with `{make}`, or pass --base")
             return path
-        out = self.folder("base")
-        argv = ["-a", a.arch, "-o", out, *self.common, *BASE_BUDGETS[a.budget], *a.extra.get("base", [])]
+        out = os.path.join(a.output, "base")
+        argv = ["-a", a.arch, "-o", out, *self.common, "--seed", str(a.seed), *QUIET.get(a.budget, []),
+                *BASE_BUDGETS[a.budget], *a.extra.get("base", [])]
         path = os.path.join(out, "finish.hdf5")
-        self.run("base", "base", "train_base_model.py", argv, path, train_base_model.main, 1)
+        self.run(out, "base", "train_base_model.py", argv, path, train_base_model.main)
         return path
 
-    def method(self, entry, base, step):
-        """Run one method from the base to the MACs target; its result, read from its converted file."""
-        a, out = self.args, self.folder(entry.name)
-        flags, setting = entry.aim(a.arch, a.macs_target, GROUPS)
-        argv = ["-a", a.arch, "--init", base, *flags, "--groups", GROUPS, "-o", out, *self.common,
-                *entry.budgets.get(a.budget, []), *a.extra.get(entry.name, [])]
-        self.run(entry.name, entry.label, entry.script, argv, os.path.join(out, entry.done), entry.main, step)
-        path = converted_file(out)
-        conversion = read_attrs(path)["conversion"]
-        return {"file": path, "final_file": os.path.join(out, entry.final) if entry.final else None,
-                "before_top1": conversion["trained_metrics"]["top1"], "logit_diff": conversion["max_logit_diff"],
-                "note": entry.note(conversion, setting)}
+    def entry(self, entry, base, target, seed):
+        """Run one method or baseline at one target and seed; its result, read from its files."""
+        a = self.args
+        out = os.path.join(a.output, entry.name, f"macs{target:g}-seed{seed}" if entry.per_target else f"seed{seed}")
+        flags, setting = entry.aim(a.arch, target, GROUPS)
+        argv = ["-a", a.arch, *(["--init", base] if entry.from_base else []), *flags,
+                *(["--groups", GROUPS] if entry.groups else []), "-o", out, *self.common, "--seed", str(seed),
+                *QUIET.get(a.budget, []), *entry.budgets.get(a.budget, []), *a.extra.get(entry.name, [])]
+        label = f"{entry.label}" + (f" at {target:.0%}" if entry.per_target else "") + f", seed {seed}"
+        self.run(out, label, entry.script, argv, os.path.join(out, entry.done), entry.main)
+        result = {"name": entry.name, "label": entry.label, "target": target if entry.per_target else None,
+                  "seed": seed, "baseline": entry.baseline, "before_top1": None, "logit_diff": None,
+                  "final_file": os.path.join(out, entry.final) if entry.final else None}
+        conversion = {}
+        if entry.converts:
+            result["file"] = converted_file(out)
+            conversion = read_attrs(result["file"])["conversion"]
+            result.update(before_top1=conversion["trained_metrics"]["top1"], logit_diff=conversion["max_logit_diff"])
+        else:
+            result["file"], result["final_file"] = result["final_file"], None
+        result["note"] = entry.note(conversion, setting)
+        return result
 
 
 # --- measuring ------------------------------------------------------------------------------------
-def evaluated_row(name, path, arch, val, device, base_macs, base_params):
-    """Read a network back from its file, evaluate it and count it; return (row, model)."""
-    label = ENTRIES[name].label if name in ENTRIES else name
-    model, _, deps = model_from_hdf5(path, arch)
+def top1_of(path, arch, val, device):
+    """The accuracy a file records (its stage evaluated that very network on the whole test set before
+    writing it); a file from elsewhere without one (an imported base) is evaluated here."""
+    metrics = read_attrs(path).get("metrics")
+    if metrics and metrics.get("samples") == val.dataset_size:
+        return metrics["top1"]
+    return evaluate(model_from_hdf5(path, arch)[0].to(device), val, device)["top1"]
+
+
+def evaluated_row(result, arch, val, device, base_macs, base_params):
+    """Read a network back from its file (for timing), count it, take its accuracy; return (row, model)."""
+    model, _, deps = model_from_hdf5(result["file"], arch)
     model = model.to(device)
-    top1 = evaluate(model, val, device)["top1"]
+    top1 = top1_of(result["file"], arch, val, device)
+    final = result.get("final_file")
+    final_top1 = top1_of(final, arch, val, device) if final else top1
     macs, params = count(arch_graph(arch), deps)
-    return {"name": name, "label": label, "file": path, "deps": deps, "converted_top1": top1, "macs": macs,
-            "params": params, "macs_ratio": macs / base_macs, "params_ratio": params / base_params}, model
+    row = {**result, "deps": deps, "converted_top1": top1, "final_top1": final_top1, "macs": macs, "params": params,
+           "macs_ratio": macs / base_macs, "params_ratio": params / base_params}
+    if row["logit_diff"] is not None:
+        row["exact"] = row["logit_diff"] < EXACT_TOL
+    return row, model
+
+
+def key(row):
+    return row["name"] if row["name"] == "base" else f"{row['name']}@{row['target']}#{row['seed']}"
 
 
 def add_latency(rows, models, arch, device, repeats):
@@ -181,51 +242,44 @@ def add_latency(rows, models, arch, device, repeats):
     ms = measure(models, arch, get_arch(arch).input_size, device, (1, 64), repeats, forms=("fused",))
     base = ms["base"]
     for row in rows:
-        t = ms[row["name"]]
+        t = ms[key(row)]
         row.update(latency_b1=t[("fused", "float32", 1)], latency_b64=t[("fused", "float32", 64)],
-                   latency={f"{k[0]} {k[1]} b{k[2]}": v for k, v in t.items()},
                    speedup_b1=base[("fused", "float32", 1)] / t[("fused", "float32", 1)],
                    speedup_b64=base[("fused", "float32", 64)] / t[("fused", "float32", 64)])
 
 
-def export_all(rows, files, arch, folder, val):
+def export_all(rows, arch, folder, val):
     from utils.tools.export import check_onnx, export_onnx
 
     images = next(iter(val.batches()))[0][:8].cpu()
     for row in rows:
-        model, _, _ = model_from_hdf5(files[row["name"]], arch)
-        path = os.path.join(folder, f"{row['name']}.onnx")
+        model, _, _ = model_from_hdf5(row.get("final_file") or row["file"], arch)
+        path = os.path.join(folder, f"{key(row).replace('@', '-').replace('#', '-seed')}.onnx")
         print(f"   ONNX: {path}", flush=True)
         fused = export_onnx(model, arch, path)
         row["onnx"], row["onnx_diff"] = path, check_onnx(path, fused, images)
 
 
 def measure_all(args, base, results, device):
-    """Rows for the base and each method: accuracies, MACs, params, latency, the conversion proof."""
+    """One row per run (the base's too): accuracies, MACs, params, latency, the conversion proof."""
     arch, spec = args.arch, get_arch(args.arch)
     torch.manual_seed(args.seed)
     _, val = make_loaders(args.data, args.data_root, 100, device, image_size=spec.input_size,
                           num_classes=spec.num_classes)
     base_macs, base_params = count(arch_graph(arch), default_deps(arch))
-    print(f"== measuring: evaluating every converted file anew and timing it (BN fused, {device}, "
-          f"{torch.get_num_threads()} threads, median of {args.latency_repeats}, the networks in turns)", flush=True)
-    row, model = evaluated_row("base", base, arch, val, device, base_macs, base_params)
-    row.update(before_top1=read_attrs(base).get("metrics", {}).get("top1"), final_top1=row["converted_top1"],
-               logit_diff=None, exact=None)
-    rows, models, files = [row], {"base": model}, {"base": base}
-    for m, r in results.items():
-        row, models[m] = evaluated_row(m, r["file"], arch, val, device, base_macs, base_params)
-        final = r.get("final_file")
-        row["final_top1"] = evaluate(model_from_hdf5(final, arch)[0].to(device), val, device)["top1"] \
-            if final else row["converted_top1"]
-        row.update(before_top1=r["before_top1"], logit_diff=r["logit_diff"], exact=r["logit_diff"] < EXACT_TOL,
-                   note=r["note"])
+    print(f"== measuring: every network read back from its file and timed (BN fused, fp32, {device}, "
+          f"{torch.get_num_threads()} threads, median of {args.latency_repeats}, in turns)", flush=True)
+    base_result = {"name": "base", "label": "base", "target": None, "seed": args.seed, "file": base,
+                   "before_top1": read_attrs(base).get("metrics", {}).get("top1"), "logit_diff": None}
+    rows, models = [], {}
+    for result in [base_result, *results]:
+        row, model = evaluated_row(result, arch, val, device, base_macs, base_params)
         rows.append(row)
-        files[m] = final or r["file"]
+        models[key(row)] = model
     add_latency(rows, models, arch, device, args.latency_repeats)
     if args.onnx:
-        export_all(rows, files, arch, os.path.join(args.output, "onnx"), val)
-    return rows
+        export_all(rows, arch, os.path.join(args.output, "onnx"), val)
+    return rows, val.dataset_size
 
 
 def main(argv=None):
@@ -234,26 +288,34 @@ def main(argv=None):
     device = resolve_device(args.device)
     stages = Stages(args)
     base = stages.base()
-    results = {m: stages.method(ENTRIES[m], base, i) for i, m in enumerate(args.methods, start=2)}
-    rows = measure_all(args, base, results, device)
-    write_outputs(args, rows, stages.commands, device, time.time() - start)
-    return 0 if all(r["exact"] is not False for r in rows) else 1
+    results = [stages.entry(ENTRIES[name], base, target, seed)
+               for name in args.methods + args.baselines
+               for target in (args.macs_targets if ENTRIES[name].per_target else [None])
+               for seed in args.seeds]
+    runs, test_images = measure_all(args, base, results, device)
+    rows = aggregate(runs)
+    write_outputs(args, runs, rows, stages.commands, device, test_images, time.time() - start)
+    return 0 if all(r.get("exact") is not False for r in runs) else 1
 
 
-def write_outputs(args, rows, commands, device, seconds):
-    settings = {"arch": args.arch, "data": args.data, "budget": args.budget, "macs_target": args.macs_target,
+def write_outputs(args, runs, rows, commands, device, test_images, seconds):
+    settings = {"arch": args.arch, "data": args.data, "budget": args.budget, "macs_targets": args.macs_targets,
+                "seeds": args.seeds, "test_images": test_images, "groups": GROUPS,
                 "latency": f"{device}, {torch.get_num_threads()} threads, fp32, median of {args.latency_repeats}",
                 "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(seconds, 1), "torch": torch.__version__}
-    notes = [r["note"] for r in rows if r.get("note")]
+    notes = list(dict.fromkeys(r["note"] for r in rows if r.get("note")))
     text = report_markdown(rows, settings, notes, commands, onnx=args.onnx)
     out = args.output
     write_text(os.path.join(out, "comparison.md"), text)
-    write_json(os.path.join(out, "comparison.json"), {"settings": settings, "rows": rows, "commands": commands})
-    plot(rows, os.path.join(out, "comparison.png"),
-         f"{args.arch} on {args.data}, budget {args.budget}: top-1 vs MACs", args.macs_target)
+    write_json(os.path.join(out, "comparison.json"), {"settings": settings, "rows": rows, "runs": runs,
+                                                      "verdicts": verdicts(rows), "commands": commands})
+    title = f"{args.arch} on {args.data} ({test_images:,} test images), budget {args.budget}, seeds {args.seeds}"
+    plot_accuracy(rows, os.path.join(out, "comparison.png"), title + ": top-1 vs MACs")
+    plot_speedup(rows, os.path.join(out, "speedup.png"), title + ": speed-up vs MACs")
     print("\n" + text)
-    print(f"wrote {os.path.join(out, 'comparison.md')}, comparison.json and comparison.png in {seconds / 60:.1f} min")
-    broken = [r["label"] for r in rows if r["exact"] is False]
+    print(f"wrote {os.path.join(out, 'comparison.md')}, comparison.json, comparison.png and speedup.png in "
+          f"{seconds / 60:.1f} min")
+    broken = sorted({r["label"] for r in runs if r.get("exact") is False})
     if broken:
         print(f"error: the conversion of {', '.join(broken)} is not exact (logit diff >= {EXACT_TOL:g})", file=sys.stderr)
 

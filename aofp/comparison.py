@@ -13,6 +13,8 @@ ENTRY = Entry(
                  "--ft-epochs", "2"],
         "smoke": ["--epochs", "1", "--max-steps", "40", "--iters-per-half", "1", "--warmup-iters", "0",
                   "--thresh", "1e9", "--ft-epochs", "1", "--ft-max-steps", "2"],
+        "study": ["--epochs", "3", "--batch-size", "128", "--iters-per-half", "20", "--warmup-iters", "20",
+                  "--thresh", "0.1", "--ft-epochs", "2", "--ft-batch-size", "128"],
     },
     note=lambda conversion, setting: (
         "AOFP: logit diff between the masked net and the pruned narrow net; the search stops once the MACs are "

@@ -1,21 +1,16 @@
 """What C-SGD tells the comparison (compare_methods.py): the width ratio (in hundredths) that comes
 nearest a MACs target, and one iteration from the base."""
-from fractions import Fraction
-
 from base_model import default_deps
 from csgd import do_csgd
-from csgd.schedule import Schedule, target_deps
 from utils.pruning.channel_graph import arch_graph
-from utils.pruning.flops import closest_to_target
+from utils.pruning.flops import uniform_ratio
 from utils.tools.compare import Entry
 
 
 def ratio_for(arch, target, groups="internal"):
-    """(ratio text, deps): the hundredth of the original widths whose MACs come nearest the target."""
-    graph = arch_graph(arch)
-    cands = [(f"{i / 100:g}", target_deps(arch, graph, Schedule((Fraction(i, 100),), groups, "floor"), 0))
-             for i in range(1, 100)]
-    return closest_to_target(graph, default_deps(arch), cands, target)
+    """(ratio text, deps): the hundredth of the original widths whose MACs come nearest the target (C-SGD's
+    schedule floors each width, as uniform_deps does)."""
+    return uniform_ratio(arch_graph(arch), default_deps(arch), groups, target)
 
 
 def aim(arch, target, groups):
@@ -29,6 +24,7 @@ ENTRY = Entry(
         # eps 100x the paper's so clusters collapse in 6 epochs rather than 600
         "demo": ["--epochs", "6", "--milestones", "4", "--eps", "0.3", "--vector-factor", "1"],
         "smoke": ["--epochs", "1", "--max-steps", "3"],
+        "study": ["--epochs", "5", "--batch-size", "128", "--milestones", "3", "--eps", "0.3", "--vector-factor", "1"],
     },
     note=lambda conversion, ratio: (
         f"C-SGD: widths x{ratio}; logit diff against the trained net with each cluster averaged (the merge); "

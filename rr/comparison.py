@@ -12,6 +12,10 @@ ENTRY = Entry(
                  "--begin-granularity", "32", "--lasso-strength", "5e-3"],
         "smoke": ["--epochs", "1", "--max-steps", "3", "--before-mask-iters", "0", "--mask-interval", "1",
                   "--begin-granularity", "1000"],
+        # full CIFAR-10 at batch 128 (390 steps an epoch), 5 epochs: masks from step 390, 16 more rows every 20
+        # steps (the target near step 600), masked rows decayed by the end at lr 0.02
+        "study": ["--epochs", "5", "--batch-size", "128", "--lr", "0.02", "--before-mask-iters", "390",
+                  "--mask-interval", "20", "--begin-granularity", "16", "--lasso-strength", "5e-3"],
     },
     note=lambda conversion, setting: (
         "ResRep: logit diff against the trained net with its masked compactor rows zeroed; the largest norm "

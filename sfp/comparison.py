@@ -29,6 +29,7 @@ ENTRY = Entry(
         # (`end`, the default, lets them regrow on their BN bias, which 6 epochs cannot undo: 21 % here)
         "demo": ["--epochs", "6", "--lr", "0.01", "--batch-size", "64", "--warmup-epochs", "0", "--bn-zero", "always"],
         "smoke": ["--epochs", "1", "--max-steps", "3"],
+        "study": ["--epochs", "5", "--lr", "0.01", "--batch-size", "128", "--warmup-epochs", "0", "--bn-zero", "always"],
     },
     note=lambda conversion, rate: (
         f"SFP: keep rate {rate}, from the trained base; logit diff between the zeroed net and the small net."),

@@ -1,6 +1,8 @@
-"""The comparison of the four methods: one command, a table, a plot, every conversion exact."""
+"""The comparison: one command runs the four methods and the baselines over seeds and MACs targets, and
+writes a table with mean +- std and n, verdicts generated from the numbers, two plots and a JSON record."""
 import json
 import os
+from fractions import Fraction
 
 import matplotlib.image
 import pytest
@@ -8,65 +10,122 @@ import pytest
 import compare_methods
 from base_model import default_deps
 from csgd.comparison import ratio_for
+from csgd.schedule import Schedule, target_deps
+from helpers import exit_code
 from sfp.comparison import rate_for
-from utils.command import run_main
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
+from utils.tools.compare import aggregate, verdicts
 
 
 @pytest.mark.parametrize("arch", ["src20", "src56", "vc"])
 def test_csgd_ratio_and_sfp_rate_meet_the_macs_target(arch):
     graph = arch_graph(arch)
     base = count(graph, default_deps(arch))[0]
+    internal = {p.index for g in graph.by_role("internal") for p in g.producers}
     for pick in (ratio_for, rate_for):
         for target in (0.5, 0.7):
             value, deps = pick(arch, target)
             assert 0 < float(value) < 1
             assert abs(count(graph, deps)[0] / base - target) < 0.03, (pick.__name__, arch, target)
-            internal = {p.index for g in graph.by_role("internal") for p in g.producers}
             assert all(d == w for i, (d, w) in enumerate(zip(deps, default_deps(arch)))
                        if i not in internal)  # only internal layers are pruned, as ResRep and AOFP
+    ratio, deps = ratio_for(arch, 0.5)  # what the comparison asks of C-SGD is what C-SGD's schedule then does
+    assert deps == target_deps(arch, graph, Schedule((Fraction(ratio),), "internal", "floor"), 0)
 
 
-def test_the_comparison_runs_end_to_end_and_writes_table_and_plot(tmp_path, capsys):
+SMOKE = ["--budget", "smoke", "--data", "synthetic", "--device", "cpu", "--latency-repeats", "1"]
+
+
+def test_the_comparison_runs_every_method_and_baseline_and_writes_table_and_plots(tmp_path, capsys):
     out = str(tmp_path / "cmp")
-    argv = ["--budget", "smoke", "-o", out, "--device", "cpu", "--latency-repeats", "1", "--extra", "sfp=--epoch-prune 1"]
+    argv = [*SMOKE, "-o", out, "--extra", "sfp=--epoch-prune 1"]
     assert compare_methods.main([*argv, "--onnx"]) == 0
     printed = capsys.readouterr().out
     record = json.load(open(os.path.join(out, "comparison.json")))
     rows = {r["name"]: r for r in record["rows"]}
-    assert list(rows) == ["base", "resrep", "csgd", "aofp", "sfp"]
-    for name in compare_methods.METHODS:
+    assert list(rows) == ["base", "resrep", "csgd", "aofp", "sfp", "l1", "scratch", "base+"]
+    for name in ("resrep", "csgd", "aofp", "sfp", "l1"):
         r = rows[name]
         assert r["exact"] is True and r["logit_diff"] < 1e-4, name
-        assert abs(r["macs_ratio"] - 0.5) < 0.03, (name, r["macs_ratio"])  # one MACs target for all four
-        assert r["latency_b1"] > 0 and r["latency_b64"] > 0 and r["speedup_b64"] > 0
-        assert r["onnx_diff"] < 1e-4 and os.path.isfile(r["onnx"])
-        assert r["params"] < rows["base"]["params"]
+        assert r["before_top1"] is not None and r["n"] == 1 and r["target"] == 0.5
+    for name in ("resrep", "csgd", "aofp", "sfp", "l1", "scratch"):
+        r = rows[name]
+        assert abs(r["macs_ratio"] - 0.5) < 0.03, (name, r["macs_ratio"])  # one MACs target for all
+        assert r["latency_b1"] > 0 and r["speedup_b64"] > 0 and r["params"] < rows["base"]["params"]
+    assert rows["l1"]["macs"] == rows["scratch"]["macs"] == rows["csgd"]["macs"]  # one uniform ratio
+    assert rows["base+"]["macs"] == rows["base"]["macs"] and rows["base+"]["target"] is None
+    assert rows["scratch"]["logit_diff"] is None and rows["scratch"]["exact"] is None  # nothing converted
+    for run in record["runs"]:
+        assert os.path.isfile(run["file"]) and ("onnx_diff" not in run or run["onnx_diff"] < 1e-4)
+    assert record["settings"]["test_images"] == 128 and record["settings"]["seeds"] == [0]
     table = open(os.path.join(out, "comparison.md")).read()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert len(lines) == 1 + 5 and "max logit diff" in lines[0] and "latency b64 ms" in lines[0]
-    assert all(line.split(" | ")[11] == "yes" for line in lines[2:])  # the 'exact' column
-    assert "python rr/exp_resrep.py -a src20" in table and "--max-steps 3 --epoch-prune 1" in table
-    assert table.strip() in printed
-    png = matplotlib.image.imread(os.path.join(out, "comparison.png"))
-    assert png.shape[0] > 300 and png.shape[1] > 400
+    assert len(lines) == 1 + 8 and "max logit diff" in lines[0] and "ONNX Runtime diff" in lines[0]
+    assert "not resolved with n = 1" in table and "python baselines/l1.py -a src20" in table
+    assert "--max-steps 3 --epoch-prune 1" in table and table.strip() in printed
+    for png in ("comparison.png", "speedup.png"):
+        image = matplotlib.image.imread(os.path.join(out, png))
+        assert image.shape[0] > 300 and image.shape[1] > 400
     # Re-running finds every stage done and only measures again.
     assert compare_methods.main(argv) == 0
-    assert capsys.readouterr().out.count(": done (") == 5
+    assert capsys.readouterr().out.count(": done (") == 8
     # ... and refuses to reuse a stage made with other settings.
-    with pytest.raises(ValueError, match="resrep was made by another command"):
+    with pytest.raises(ValueError, match="seed0 was made by another command"):
         compare_methods.main([*argv, "--extra", "resrep=--lasso-strength 1e-3"])
+
+
+def test_seeds_and_targets_give_means_curves_and_verdicts(tmp_path):
+    out = str(tmp_path / "cmp")
+    argv = [*SMOKE, "-o", out, "--methods", "sfp", "--seeds", "0,1", "--macs-target", "0.4,0.6"]
+    assert compare_methods.main(argv) == 0
+    record = json.load(open(os.path.join(out, "comparison.json")))
+    runs = record["runs"]
+    assert len(runs) == 1 + 2 * 2 * 3 + 2  # base; sfp, l1, scratch at 2 targets x 2 seeds; base+ per seed
+    assert os.path.isdir(os.path.join(out, "sfp", "macs0.4-seed1")) and os.path.isdir(os.path.join(out, "base+", "seed1"))
+    rows = {(r["name"], r["target"]): r for r in record["rows"]}
+    sfp = rows[("sfp", 0.4)]
+    tops = [r["final_top1"] for r in runs if r["name"] == "sfp" and r["target"] == 0.4]
+    assert sfp["n"] == 2 and sfp["final_top1"] == pytest.approx(sum(tops) / 2)
+    assert sfp["final_top1_std"] == pytest.approx(abs(tops[0] - tops[1]) / 2 ** 0.5)
+    assert rows[("sfp", 0.4)]["macs"] < rows[("sfp", 0.6)]["macs"]
+    assert len(record["verdicts"]) == 2 and all("n = 2" in v for v in record["verdicts"])
+
+
+def test_verdicts_say_what_the_spread_allows():
+    def row(name, target, mean, std, n=3, baseline=False):
+        return {"name": name, "label": name, "target": target, "n": n, "final_top1": mean, "final_top1_std": std,
+                "baseline": baseline}
+
+    rows = [row("m", 0.5, 60.0, 0.5), row("l1", 0.5, 58.0, 0.5, baseline=True),
+            row("scratch", 0.5, 59.5, 0.4, baseline=True)]
+    (text,) = verdicts(rows)
+    assert "beats l1 (58.00 ± 0.50) by 2.00 points, more than the seeds' spread (1.00)" in text
+    assert "within the seeds' spread (0.90) of scratch (59.50 ± 0.40): +0.50 points" in text
+    rows[0]["final_top1"] = 56.0
+    assert "loses to l1 (58.00 ± 0.50) by 2.00 points" in verdicts(rows)[0]
+    rows = [row("m", 0.5, 60.0, None, n=1), row("l1", 0.5, 58.0, None, n=1, baseline=True)]
+    assert "+2.00 points against l1 (58.00): not resolved with n = 1" in verdicts(rows)[0]
+
+
+def test_aggregate_means_stds_and_the_worst_proof():
+    runs = [{"name": "m", "label": "M", "target": 0.5, "seed": s, "final_top1": t, "logit_diff": d, "exact": True}
+            for s, t, d in ((0, 50.0, 1e-6), (1, 52.0, 3e-6), (2, 54.0, 2e-6))]
+    (row,) = aggregate(runs)
+    assert (row["n"], row["final_top1"], row["final_top1_std"], row["logit_diff"]) == (3, 52.0, 2.0, 3e-6)
+    assert row["seeds"] == [0, 1, 2] and row["exact"] is True and row["converted_top1"] is None
 
 
 @pytest.mark.parametrize("argv, needle", [
     (["--methods", "resrep,obd"], "--methods obd: choose from resrep, csgd, aofp, sfp"),
-    (["--macs-target", "1.5"], "--macs-target 1.5: the fraction of the MACs to keep must be in (0, 1)"),
+    (["--baselines", "l2"], "--baselines l2: choose from l1, scratch, base+"),
+    (["--macs-target", "1.5"], "--macs-target 1.5: every fraction of the MACs to keep must be in (0, 1)"),
+    (["--macs-target", "0.5,x"], "--macs-target '0.5,x': expected a comma list of numbers"),
+    (["--seeds", "0,0"], "--seeds 0,0: give distinct seeds"),
     (["-a", "src57"], "unknown arch 'src57'"),
     (["--base", "/nonexistent.hdf5"], "--base /nonexistent.hdf5: no such file"),
     (["--extra", "pruning=--epochs 2"], "--extra 'pruning=--epochs 2': expected STAGE=FLAGS"),
 ])
 def test_bad_input_gives_one_error_line(argv, needle, capsys):
-    with pytest.raises(SystemExit) as e:
-        run_main(lambda: compare_methods.main(argv))
-    assert e.value.code == 2 and needle in capsys.readouterr().err
+    assert exit_code(compare_methods.main, argv) == 2
+    assert needle in capsys.readouterr().err

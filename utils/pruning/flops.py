@@ -11,6 +11,8 @@ Unlike the original ResNet-56 script, which counts the two 1x1 projections as 2x
 """
 import argparse
 import json
+import math
+from fractions import Fraction
 
 import torch
 
@@ -48,6 +50,20 @@ def closest_to_target(graph, base_deps, candidates, target):
     `target` (ties: fewer MACs): how a method with a width knob rather than a MACs target is aimed."""
     base = count(graph, base_deps)[0]
     return min(candidates, key=lambda c: (abs(count(graph, c[1])[0] / base - target), count(graph, c[1])[0]))
+
+
+def uniform_deps(graph, deps, groups, ratio):
+    """`deps` with every group a `--groups` value selects at floor(ratio * width), at least 1: one ratio
+    for every pruned layer (Li et al.'s and Liu et al.'s baselines; C-SGD's floor rounding). `ratio` is
+    a Fraction, so that 29/100 of 100 channels is 29, not 28."""
+    widths = graph.widths(deps)
+    return graph.deps_at(deps, {g.id: max(1, math.floor(ratio * widths[g.id])) for g in graph.select(groups)})
+
+
+def uniform_ratio(graph, base_deps, groups, target):
+    """(ratio as text, deps): the hundredth whose uniform widths come nearest `target` of the MACs."""
+    candidates = [(f"{i / 100:g}", uniform_deps(graph, base_deps, groups, Fraction(i, 100))) for i in range(1, 100)]
+    return closest_to_target(graph, base_deps, candidates, target)
 
 
 def arch_cost(arch, deps=None):

@@ -1,48 +1,122 @@
-"""The comparison's parts that are not orchestration: what it asks of each method (`Entry`, one per
-method package, in its comparison.py), and what it writes: a markdown table, a JSON record and a PNG
-plot of accuracy against MACs, pure functions of the rows compare_methods.py measures."""
-import os
+"""The comparison's parts that are not orchestration: what it asks of each method and baseline (`Entry`,
+one per package, in its comparison.py), how runs over seeds become mean +- std (`aggregate`), the sentences
+that say which method beats which baseline (`verdicts`), and the markdown table. Pure functions of the
+rows compare_methods.py measures; the plots are in plots.py."""
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
-from utils.atomic import atomic_write
-
 EXACT_TOL = 1e-3  # a conversion is exact when the logits agree within float32 round-off (|logits| ~ 10)
-
+JUDGED_AGAINST = ("l1", "scratch")  # the baselines every method is judged against (Li et al.; Liu et al.)
 
 
 @dataclass(frozen=True)
 class Entry:
-    """What a method (or a baseline) tells the comparison. Its stage runs `main(argv)`, the entry script
-    `script`, with `-a ARCH --init BASE -o FOLDER`, the flags `aim(arch, macs_target)` returns, and the
-    budget's flags; it is done when `done` (relative to its folder) exists. `note(conversion, setting)`
-    is the table's footnote: `conversion` is the converted file's `conversion` attribute, `setting` the
-    second value `aim` returned (the solved ratio or rate, or None)."""
+    """What a method or a baseline tells the comparison. Its stage runs `main(argv)`, the entry script
+    `script`, with `-a ARCH [--init BASE] -o FOLDER [--groups G]`, the flags `aim(arch, macs_target, groups)`
+    returns, and the budget's flags; it is done when `done` (relative to its folder) exists. `note(conversion,
+    setting)` is the table's footnote: `conversion` is the converted file's `conversion` attribute (empty for
+    an entry that converts nothing), `setting` the second value `aim` returned (a solved ratio or rate)."""
     name: str  # the stage folder and the JSON key: "resrep"
     label: str  # "ResRep"
     script: str  # as a user types it: "rr/exp_resrep.py"
     main: Callable  # main(argv)
-    aim: Callable  # (arch, macs_target) -> (flags, setting)
-    budgets: dict = field(default_factory=dict)  # {"demo": flags, "smoke": flags}; "paper": the recipe's own
+    aim: Callable  # (arch, macs_target, groups) -> (flags, setting)
+    budgets: dict = field(default_factory=dict)  # {"demo": flags, "smoke": flags, "paper": flags (often none)}
     note: Callable = lambda conversion, setting: ""
-    final: str | None = None  # a network trained after the conversion (AOFP's fine-tune), relative path
+    final: str | None = None  # the network whose accuracy is final, when not the converted one (a fine-tune)
     done: str = "finish_converted.hdf5"
+    converts: bool = True  # writes finish_converted.hdf5 with its proof (scratch and base+ do not)
+    from_base: bool = True  # starts from the comparison's base (--init BASE)
+    groups: bool = True  # takes --groups
+    per_target: bool = True  # runs once per MACs target (base+ does not prune: once per seed)
+    baseline: bool = False  # a baseline row rather than a method
 
 
-COLUMNS = [  # (header, key, format)
+# --- runs over seeds ------------------------------------------------------------------------------
+MEAN_KEYS = ("before_top1", "converted_top1", "final_top1", "macs", "macs_ratio", "params", "latency_b1",
+             "latency_b64", "speedup_b1", "speedup_b64")
+
+
+def aggregate(runs):
+    """One row per (name, target) from the per-seed runs: the mean of every number, its sample std (`_std`)
+    and n; the largest logit difference and whether every conversion was exact."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["name"], r.get("target")), []).append(r)
+    rows = []
+    for (name, target), rs in groups.items():
+        row = {"name": name, "label": rs[0]["label"], "target": target, "n": len(rs), "seeds": [r.get("seed") for r in rs],
+               "note": rs[0].get("note"), "baseline": rs[0].get("baseline", False)}
+        for k in MEAN_KEYS:
+            values = [r[k] for r in rs if r.get(k) is not None]
+            row[k] = statistics.fmean(values) if values else None
+            row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        diffs = [r["logit_diff"] for r in rs if r.get("logit_diff") is not None]
+        row["logit_diff"] = max(diffs) if diffs else None
+        exact = [r["exact"] for r in rs if r.get("exact") is not None]
+        row["exact"] = all(exact) if exact else None
+        if "onnx_diff" in rs[0]:
+            row["onnx_diff"] = max(r["onnx_diff"] for r in rs)
+        rows.append(row)
+    return rows
+
+
+def spread_text(row, key="final_top1"):
+    mean, std = row.get(key), row.get(f"{key}_std")
+    return "-" if mean is None else f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def verdicts(rows):
+    """For each method at each target, a sentence per baseline of JUDGED_AGAINST: whether its final top-1
+    beats the baseline's by more than the seeds' spread (the sum of the two sample stds), is beaten by
+    more, or is within it; with one seed it is not resolved."""
+    by_key = {(r["name"], r["target"]): r for r in rows}
+    out = []
+    for m in rows:
+        if m["name"] in JUDGED_AGAINST or m["target"] is None or m.get("baseline"):
+            continue
+        parts = []
+        for b_name in JUDGED_AGAINST:
+            b = by_key.get((b_name, m["target"]))
+            if b is None or m["final_top1"] is None or b["final_top1"] is None:
+                continue
+            delta = m["final_top1"] - b["final_top1"]
+            if min(m["n"], b["n"]) < 2:
+                parts.append(f"{delta:+.2f} points against {b['label']} ({spread_text(b)}): not resolved with "
+                             f"n = {min(m['n'], b['n'])}")
+                continue
+            spread = m["final_top1_std"] + b["final_top1_std"]
+            if abs(delta) > spread:
+                parts.append(f"{'beats' if delta > 0 else 'loses to'} {b['label']} ({spread_text(b)}) by "
+                             f"{abs(delta):.2f} points, more than the seeds' spread ({spread:.2f})")
+            else:
+                parts.append(f"is within the seeds' spread ({spread:.2f}) of {b['label']} ({spread_text(b)}): "
+                             f"{delta:+.2f} points")
+        if parts:
+            out.append(f"At {m['target']:.0%} of the MACs, {m['label']} ({spread_text(m)}, n = {m['n']}) "
+                       + "; ".join(parts) + ".")
+    return out
+
+
+# --- the markdown --------------------------------------------------------------------------------
+COLUMNS = [  # (header, key, format); a mean over seeds shows its std
     ("method", "label", "{}"),
+    ("MACs target", "target", "{:.0%}"),
+    ("n", "n", "{}"),
     ("top-1 before conversion", "before_top1", "{:.2f}"),
     ("top-1 converted", "converted_top1", "{:.2f}"),
     ("top-1 final", "final_top1", "{:.2f}"),
-    ("MACs", "macs", "{:,}"),
+    ("MACs", "macs", "{:,.0f}"),
     ("MACs %", "macs_ratio", "{:.1%}"),
-    ("params", "params", "{:,}"),
+    ("params", "params", "{:,.0f}"),
     ("latency b1 ms", "latency_b1", "{:.2f}"),
     ("latency b64 ms", "latency_b64", "{:.1f}"),
     ("speed-up b64", "speedup_b64", "{:.2f}x"),
     ("max logit diff", "logit_diff", "{:.2g}"),
     ("exact", "exact", "{}"),
 ]
+WITH_STD = ("before_top1", "converted_top1", "final_top1")
 
 
 def cell(row, key, fmt):
@@ -51,6 +125,8 @@ def cell(row, key, fmt):
         return "-"
     if key == "exact":
         return "yes" if value else "**NO**"
+    if key in WITH_STD and row.get(f"{key}_std") is not None:
+        return f"{value:.2f} ± {row[f'{key}_std']:.2f}"
     return fmt.format(value)
 
 
@@ -64,55 +140,24 @@ def markdown_table(rows, onnx=False):
 
 
 def report_markdown(rows, settings, notes, commands, onnx=False):
-    """The whole comparison.md: settings, the table, what each number means, the commands of each stage."""
-    lines = [f"# {settings['arch']} on {settings['data']}: ResRep, C-SGD, AOFP and SFP at "
-             f"{settings['macs_target']:.0%} of the MACs", "",
-             f"Budget `{settings['budget']}`; latency: {settings['latency']}; written {settings['date']}.", "",
-             *markdown_table(rows, onnx), "",
-             "- *top-1 before conversion*: the method's trained network before it is made narrow (ResRep: with "
-             "compactors and masks; C-SGD: full width, clustered; AOFP: masked; SFP: zeroed).",
-             "- *top-1 converted*: the narrow network read back from its hdf5 file and evaluated anew; "
-             "*final*: after AOFP's fine-tuning of the narrow net (the others: the converted net).",
-             f"- *max logit diff*: the conversion's proof, on validation images; *exact* when below {EXACT_TOL:g}.",
-             "- *latency*: the BN-fused narrow network, eval mode, median of repeats; speed-up over the base "
-             "in the same form.", ""]
+    """The whole comparison.md: settings, the table, the verdicts, what each number means, the commands."""
+    targets = ", ".join(f"{t:.0%}" for t in settings["macs_targets"])
+    lines = [f"# {settings['arch']} on {settings['data']}: the four methods and the baselines at {targets} of the "
+             "MACs", "",
+             f"Budget `{settings['budget']}`; {settings['test_images']:,} test images; seeds {settings['seeds']} "
+             f"(n per row); latency: {settings['latency']}; written {settings['date']}.", "",
+             *markdown_table(rows, onnx), "", "## What the numbers say", "",
+             *[f"- {v}" for v in verdicts(rows)], "",
+             "- *top-1*: mean ± sample std over the seeds (n of them); one image is "
+             f"{100 / settings['test_images']:.2g} point. *before conversion*: the method's trained network before "
+             "it is made narrow (ResRep: with compactors and masks; C-SGD: full width, clustered; AOFP: masked; SFP: "
+             "zeroed; L1: the base with the dropped filters zeroed); *converted*: the narrow network, as its stage "
+             "evaluated it on the whole test set before writing it; *final*: after a fine-tune (AOFP, L1), else the "
+             "converted net.",
+             f"- *max logit diff*: the conversion's proof (fp32), the largest over the seeds; *exact* when below "
+             f"{EXACT_TOL:g}.",
+             "- *latency*: the BN-fused network, fp32, eval mode, median of repeats, every network timed in turns; "
+             "speed-up over the base in the same form.", ""]
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Commands of each stage", "", *[f"    {c}" for c in commands], ""]
     return "\n".join(lines)
-
-
-def plot(rows, path, title, macs_target=None):
-    """Top-1 (final) against MACs: one point per method and the base; written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no screen
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for row in rows:
-        base = row["name"] == "base"
-        speed = row.get("speedup_b64")
-        label = row["label"] + ("" if base or speed is None else f": {speed:.2f}x faster at batch 64")
-        ax.scatter([row["macs"] / 1e6], [row["final_top1"]], s=110 if base else 60, marker="*" if base else "o",
-                   zorder=3, color="black" if base else None, label=label)
-    if macs_target is not None:
-        base = next((r for r in rows if r["name"] == "base"), None)
-        if base is not None:
-            ax.axvline(base["macs"] * macs_target / 1e6, color="grey", linestyle=":", linewidth=1,
-                       label=f"target {macs_target:.0%} of the MACs")
-    ax.set_xlabel("MACs (millions)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")  # labels, not annotations: the points crowd at the target
-    fig.tight_layout()
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png")
-
-    try:
-        atomic_write(path, write)
-    finally:
-        plt.close(fig)
-    return os.fspath(path)

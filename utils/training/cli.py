@@ -25,6 +25,8 @@ def add_train_args(p):
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--eval-every", type=int, help="epochs between evaluations")
     g.add_argument("--eval-last", type=int, help="also evaluate after each of the last N epochs (default 10)")
+    g.add_argument("--eval-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate the network a method starts from, before training (default on)")
     g.add_argument("--ckpt-every", type=int, help="steps between resume checkpoints")
     g.add_argument("--log-every", type=int)
     g.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")

@@ -52,6 +52,7 @@ class TrainConfig:
     sync_bn: bool = False  # CUDA only
     eval_every: int = 5  # epochs; and every one of the last `eval_last`
     eval_last: int = 10
+    eval_start: bool = True  # a method's EvaluateStart hook measures the net it starts from
     ckpt_every: int = 500  # steps; and at every epoch end
     log_every: int = 20  # steps between progress updates (each one syncs with the device)
     max_steps: int | None = None  # stop early (smoke runs); the schedule still spans `epochs`
@@ -62,7 +63,7 @@ class TrainConfig:
 
 
 # Settings that may change between a run and its resumption without changing its result.
-RESUMABLE_CHANGES = {"eval_every", "eval_last", "ckpt_every", "log_every", "max_steps", "extra"}
+RESUMABLE_CHANGES = {"eval_every", "eval_last", "eval_start", "ckpt_every", "log_every", "max_steps", "extra"}
 
 
 class NonFiniteLossError(RunError):
@@ -89,7 +90,7 @@ class EvaluateStart(Hook):
         self.what = what
 
     def on_start(self, trainer):
-        if trainer.step == 0:
+        if trainer.step == 0 and trainer.cfg.eval_start:
             m = trainer.evaluate()
             trainer.log.log(f"{self.what}: top1 {m['top1']:.2f} top5 {m['top5']:.2f} loss {m['loss']:.4f}")
 

@@ -156,9 +156,10 @@ class Run:
 
 # --- the skeleton ------------------------------------------------------------------------------------
 def main(args, recipes, output, *, name=None, label=None, init=optional_init, prepare=None, decide=None,
-         then=None, **extra):
-    """Run one entry script: train with the method's hooks, then (with `decide`) convert, prove and write
-    finish.hdf5 and finish_converted.hdf5, else write finish.hdf5; then `then(run)` (AOFP's fine-tune).
+         then=None, fit=True, **extra):
+    """Run one entry script: train with the method's hooks (with `fit=False`, only evaluate the start: a
+    one-shot method such as L1 pruning), then (with `decide`) convert, prove and write finish.hdf5 and
+    finish_converted.hdf5, else write finish.hdf5; then `then(run)` (a fine-tune of the converted net).
     `extra` is recorded in config.json."""
     spec = get_arch(args.arch)
     args.data = args.data or spec.dataset
@@ -181,12 +182,18 @@ def main(args, recipes, output, *, name=None, label=None, init=optional_init, pr
         run.trainer = Trainer(cfg, run.model, run.train, run.val, run.ctx, run.setup.hooks, run.setup.param_rule)
         for line in run.setup.lines:
             run.log(line)
-        run.trainer.fit()
+        if fit:
+            run.trainer.fit()
+        else:
+            run.log(f"{label or args.arch} starts from {run.init}: nothing is trained before the conversion")
         dist.broadcast_buffers(run.model)
         if decide is None:
             run.metrics = save_plain(run, run.model, run.trainer.metrics, label)
         else:
-            convert_and_save(run, decide(run), name, label)
+            plan = decide(run)
+            if not fit:  # the trained form is what the decision made of the start (L1: its dropped filters zeroed)
+                run.trainer.metrics = run.trainer.evaluate()
+            convert_and_save(run, plan, name, label)
         if then is not None:
             then(run)
     finally:

@@ -56,7 +56,7 @@ from utils.training.skeleton import converted_file
 ENTRIES = {e.name: e for e in (RESREP, CSGD, AOFP, SFP, L1, SCRATCH, LONGER)}  # a new row: an Entry, and here
 METHODS = ("resrep", "csgd", "aofp", "sfp")
 BASELINES = ("l1", "scratch", "base+")
-GROUPS = "internal"  # every method prunes the internal layers only (ResRep's and AOFP's choice)
+GROUP_CHOICES = ("internal", "all")  # internal: ResRep's and AOFP's choice; all: the residual stream and stem too
 # The base's flags per budget (the others' are in their Entry). `demo` is sized for src20 on cifar10-mini
 # (78 steps of 64 images an epoch): a 10-epoch base, then 6 epochs per method and baseline (16 for scratch);
 # every stage evaluates its 10,000 test images once, at its end.
@@ -90,6 +90,11 @@ def parse(argv=None):
     p.add_argument("--macs-target", default="0.5",
                    help="fraction of the base MACs to keep, or a comma list for a curve, e.g. 0.3,0.5,0.7 (default 0.5)")
     p.add_argument("--budget", choices=BUDGETS, help="demo on cifar10-mini/synthetic, paper otherwise")
+    p.add_argument("--groups", choices=GROUP_CHOICES, default="internal",
+                   help="channel groups every method and baseline prunes: internal (one conv, one consumer; "
+                        "default) or all (the residual-tied groups and the stem too)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="every pruned width a multiple of N, in every method and baseline (default 1: any width)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: all four)")
     p.add_argument("--baselines", default=",".join(BASELINES), help="comma list, or '' for none (default: all three)")
     p.add_argument("--seeds", help="comma list: every pruning and baseline stage once per seed (default: --seed)")
@@ -110,6 +115,8 @@ def parse(argv=None):
     args.seeds = numbers(args.seeds, "--seeds", int) if args.seeds is not None else [args.seed]
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds {','.join(map(str, args.seeds))}: give distinct seeds")
+    if not args.round_to >= 1:
+        raise ValueError(f"--round-to {args.round_to}: must be at least 1 (1 keeps any width; 8 keeps multiples of 8)")
     if not args.latency_repeats >= 1:
         raise ValueError(f"--latency-repeats {args.latency_repeats}: must be at least 1")
     args.methods = names(args.methods, METHODS, "--methods")
@@ -188,9 +195,10 @@ class Stages:
         """Run one method or baseline at one target and seed; its result, read from its files."""
         a = self.args
         out = os.path.join(a.output, entry.name, f"macs{target:g}-seed{seed}" if entry.per_target else f"seed{seed}")
-        flags, setting = entry.aim(a.arch, target, GROUPS)
+        flags, setting = entry.aim(a.arch, target, a.groups, a.round_to)
+        shape = ["--groups", a.groups, *(["--round-to", str(a.round_to)] if a.round_to > 1 else [])]
         argv = ["-a", a.arch, *(["--init", base] if entry.from_base else []), *flags,
-                *(["--groups", GROUPS] if entry.groups else []), "-o", out, *self.common, "--seed", str(seed),
+                *(shape if entry.groups else []), "-o", out, *self.common, "--seed", str(seed),
                 *QUIET.get(a.budget, []), *entry.budgets.get(a.budget, []), *a.extra.get(entry.name, [])]
         label = f"{entry.label}" + (f" at {target:.0%}" if entry.per_target else "") + f", seed {seed}"
         self.run(out, label, entry.script, argv, os.path.join(out, entry.done), entry.main)
@@ -300,7 +308,7 @@ def main(argv=None):
 
 def write_outputs(args, runs, rows, commands, device, test_images, seconds):
     settings = {"arch": args.arch, "data": args.data, "budget": args.budget, "macs_targets": args.macs_targets,
-                "seeds": args.seeds, "test_images": test_images, "groups": GROUPS,
+                "seeds": args.seeds, "test_images": test_images, "groups": args.groups, "round_to": args.round_to,
                 "latency": f"{device}, {torch.get_num_threads()} threads, fp32, median of {args.latency_repeats}",
                 "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(seconds, 1), "torch": torch.__version__}
     notes = list(dict.fromkeys(r["note"] for r in rows if r.get("note")))

@@ -9,8 +9,8 @@ from utils.pruning.flops import uniform_ratio
 from utils.tools.compare import Entry
 
 
-def aim(arch, target, groups):
-    ratio = uniform_ratio(arch_graph(arch), default_deps(arch), groups, target)[0]
+def aim(arch, target, groups, round_to=1):
+    ratio = uniform_ratio(arch_graph(arch), default_deps(arch), groups, target, round_to)[0]
     return ["--ratio", ratio], ratio
 
 
@@ -42,7 +42,7 @@ SCRATCH = Entry(
     final="finish.hdf5", done="finish.hdf5", converts=False, from_base=False, baseline=True)
 
 LONGER = Entry(
-    "base+", "base + epochs", "train_base_model.py", train_base_model.main, lambda arch, target, groups: ([], None),
+    "base+", "base + epochs", "train_base_model.py", train_base_model.main, lambda arch, target, groups, round_to=1: ([], None),
     # paper: the base recipe's length again, at a fine-tuning lr, as the methods fine-tune a trained base
     budgets={**TUNE, "paper": ["--lr", "0.01", "--schedule", "cosine"]},
     note=lambda conversion, setting: "base + epochs: the base trained a method's epochs more, not pruned: what the "

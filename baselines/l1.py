@@ -42,6 +42,7 @@ def parse(argv=None):
     g.add_argument("--ratio", type=Fraction, help="the fraction of every pruned group's filters kept, e.g. 0.5")
     g.add_argument("--macs-target", type=float, help="instead of --ratio: the hundredth whose MACs come nearest")
     skeleton.add_groups(g, "internal")
+    skeleton.add_round_to(g)
     return skeleton.parse(p, argv)
 
 
@@ -54,6 +55,7 @@ def check(args):
     if args.macs_target is not None and not 0 < args.macs_target < 1:
         raise ValueError(f"--macs-target {args.macs_target}: the fraction of the MACs to keep must be in (0, 1)")
     arch_graph(args.arch).select(args.groups)
+    skeleton.check_round_to(args.round_to)
     return skeleton.required_init(args)
 
 
@@ -68,8 +70,8 @@ def decide(run):
     """Keep the largest-L1 filters of each group; the reference is the base with the others zeroed."""
     a, graph, model = run.args, run.graph, run.trainer.model
     ratio = a.ratio if a.ratio is not None else Fraction(uniform_ratio(graph, default_deps(a.arch), a.groups,
-                                                                       a.macs_target)[0])
-    target = graph.widths(uniform_deps(graph, model.deps, a.groups, ratio))
+                                                                       a.macs_target, a.round_to)[0])
+    target = graph.widths(uniform_deps(graph, model.deps, a.groups, ratio, a.round_to))
     kept = {g.id: sorted(torch.argsort(l1_norms(model, g), descending=True, stable=True)[:target[g.id]].tolist())
             for g in graph.select(a.groups)}
     # zeroed in place: finish.hdf5 is then the base as the narrow net computes it

@@ -29,6 +29,7 @@ def parse(argv=None):
     g.add_argument("--ratio", type=Fraction, help="the fraction of every pruned group's channels kept, e.g. 0.5")
     g.add_argument("--macs-target", type=float, help="instead of --ratio: the hundredth whose MACs come nearest")
     skeleton.add_groups(g, "internal")
+    skeleton.add_round_to(g)
     return skeleton.parse(p, argv)
 
 
@@ -43,9 +44,10 @@ def narrow_deps(args):
     if args.macs_target is not None and not 0 < args.macs_target < 1:
         raise ValueError(f"--macs-target {args.macs_target}: the fraction of the MACs to keep must be in (0, 1)")
     graph, base = arch_graph(args.arch), default_deps(args.arch)
+    skeleton.check_round_to(args.round_to)
     if args.ratio is None:
-        return uniform_ratio(graph, base, args.groups, args.macs_target)[1]
-    return uniform_deps(graph, base, args.groups, args.ratio)
+        return uniform_ratio(graph, base, args.groups, args.macs_target, args.round_to)[1]
+    return uniform_deps(graph, base, args.groups, args.ratio, args.round_to)
 
 
 def main(argv=None):

@@ -7,14 +7,14 @@ from utils.pruning.flops import uniform_ratio
 from utils.tools.compare import Entry
 
 
-def ratio_for(arch, target, groups="internal"):
+def ratio_for(arch, target, groups="internal", round_to=1):
     """(ratio text, deps): the hundredth of the original widths whose MACs come nearest the target (C-SGD's
-    schedule floors each width, as uniform_deps does)."""
-    return uniform_ratio(arch_graph(arch), default_deps(arch), groups, target)
+    schedule floors each width, as uniform_deps does, then aligns it to `round_to`)."""
+    return uniform_ratio(arch_graph(arch), default_deps(arch), groups, target, round_to)
 
 
-def aim(arch, target, groups):
-    ratio = ratio_for(arch, target, groups)[0]
+def aim(arch, target, groups, round_to=1):
+    ratio = ratio_for(arch, target, groups, round_to)[0]
     return ["-i", "0", "--ratios", ratio], ratio
 
 

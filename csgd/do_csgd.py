@@ -59,6 +59,7 @@ def parse(argv=None):
                                     "(src56: 13/16,11/16,5/8; sres50: 0.7,0.6,0.5,0.4,0.3)")
     skeleton.add_groups(c, None, "--scope", note="src56 all, sres50 internal")
     c.add_argument("--rounding", choices=ROUNDINGS, help="target width rounding (src56: floor; sres50: ceil)")
+    skeleton.add_round_to(c)
     c.add_argument("--centri-strength", "--eps", dest="strength", type=float,
                    help="centripetal strength eps (cifar10: 3e-3, imagenet: 0.05)")
     c.add_argument("--vector-factor", type=float, default=VECTOR_FACTOR,
@@ -103,7 +104,7 @@ def run(args):
     s = default_schedule(args.arch)
     schedule = Schedule(parse_ratios(args.ratios) if args.ratios else s.ratios, args.groups or s.groups,
                         args.rounding or s.rounding)
-    target = target_deps(args.arch, arch_graph(args.arch), schedule, args.itr)
+    target = target_deps(args.arch, arch_graph(args.arch), schedule, args.itr, skeleton.check_round_to(args.round_to))
     out = args.output or itr_dir(args.models_dir, args.arch, args.itr)
     done = skeleton.converted_file(out)
     if done:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from base_model import default_deps, get_arch
+from utils.pruning.flops import align
 from utils.training.cli import base_weights
 from utils.training.skeleton import converted_file, optional_init
 
@@ -50,8 +51,9 @@ def parse_ratios(text):
     return ratios
 
 
-def target_deps(arch, graph, schedule, itr):
-    """The deps iteration `itr` trains towards, from the arch's original widths."""
+def target_deps(arch, graph, schedule, itr, round_to=1):
+    """The deps iteration `itr` trains towards, from the arch's original widths; with `round_to` N the
+    cluster counts are moved to the nearest multiple of N (utils.pruning.flops.align)."""
     if not 0 <= itr < len(schedule.ratios):
         raise ValueError(f"-i {itr}: the schedule has iterations 0..{len(schedule.ratios) - 1} "
                          f"(ratios {', '.join(str(r) for r in schedule.ratios)})")
@@ -62,7 +64,7 @@ def target_deps(arch, graph, schedule, itr):
     deps = list(default_deps(arch))
     for g in graph.select(schedule.groups):
         for p in g.producers:
-            deps[p.index] = max(1, rnd(r * deps[p.index]))
+            deps[p.index] = align(max(1, rnd(r * deps[p.index])), deps[p.index], round_to)
     return deps
 
 

@@ -4,7 +4,7 @@ from utils.tools.compare import Entry
 
 ENTRY = Entry(
     "resrep", "ResRep", "rr/exp_resrep.py", exp_resrep.main,
-    aim=lambda arch, target, groups: (["--flops-target", f"{target:g}"], None),
+    aim=lambda arch, target, groups, round_to=1: (["--flops-target", f"{target:g}"], None),
     budgets={
         # src20 on cifar10-mini, 6 epochs: masks from step 39, 32 more rows every 10 steps (the target is met
         # near step 100), and lr 0.03 so the masked rows decay in 6 epochs rather than 480

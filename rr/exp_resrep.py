@@ -46,6 +46,7 @@ def parse(argv=None):
                    help=f"most rows masked per update until the target ({DEFAULTS.begin_granularity})")
     r.add_argument("--num-at-least", type=int, help=f"fewest channels a layer keeps ({DEFAULTS.num_at_least})")
     skeleton.add_groups(r, "internal", "--roles")
+    skeleton.add_round_to(r)
     return skeleton.parse(p, argv)
 
 

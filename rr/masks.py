@@ -3,6 +3,9 @@
 All rows of all pruned groups are ranked together by norm (smallest first, no per-layer weighting,
 as the paper). Walking that list from a fresh start (the unpruned widths), each row narrows its group
 by one until the MACs reach `flops_target` of the base; a group never goes below `num_at_least`.
+With `round_to` N > 1 (`--round-to`) a group moves N channels at a time, once N of its rows have come up
+in the list (its first move only as far as the nearest multiple of N), and never below N: every unmasked
+width is then a multiple of N.
 Until the target has been reached once by the current masks, an update may mask at most
 `begin_granularity` more rows than the masks in place. Unlike the original code, the cap counts
 only rows actually masked (not the skipped ones), and every group's mask is rebuilt (no stale zeros).
@@ -41,14 +44,18 @@ class MacsCounter:
         self.widths[gid] -= 1
 
 
-def select_masks(graph, base_deps, norms, masked_now, flops_target, begin_granularity=4, num_at_least=1):
+def select_masks(graph, base_deps, norms, masked_now, flops_target, begin_granularity=4, num_at_least=1,
+                 round_to=1):
     """New masks: {group id: sorted channel indices to mask}.
 
     graph: the ChannelGraph (group widths at `base_deps`); norms: {group id: 1-D tensor of row norms}
-    for the pruned groups; masked_now: {group id: number of rows masked now}.
+    for the pruned groups; masked_now: {group id: number of rows masked now}. The cap of
+    `begin_granularity` more rows always lets one move of `round_to` rows through.
     """
     if num_at_least < 1:
         raise ValueError(f"num_at_least must be at least 1 (a group cannot lose every channel), got {num_at_least}")
+    if round_to < 1:
+        raise ValueError(f"round_to must be at least 1 (1: any width), got {round_to}")
     base_widths = graph.widths(base_deps)
     base_macs = count(graph, base_deps)[0]
     target = flops_target * base_macs
@@ -64,15 +71,24 @@ def select_masks(graph, base_deps, norms, masked_now, flops_target, begin_granul
     owner, channel = owner.tolist(), channel.tolist()
 
     counter = MacsCounter(graph, base_widths)
-    chosen = {g: [] for g in gids}
+    chosen, waiting = {g: [] for g in gids}, {g: [] for g in gids}
+    fewest = max(num_at_least, round_to)
     n = 0
     for k in order:
         if counter.macs <= target or n >= cap:
             break
         gid = gids[owner[k]]
-        if counter.widths[gid] <= num_at_least:
+        move = counter.widths[gid] % round_to or round_to
+        if counter.widths[gid] - move < fewest:
             continue
-        counter.remove_one(gid)
-        chosen[gid].append(channel[k])
-        n += 1
+        waiting[gid].append(channel[k])
+        if len(waiting[gid]) < move:
+            continue
+        if n and n + move > cap:
+            break
+        for _ in range(move):
+            counter.remove_one(gid)
+        chosen[gid] += waiting[gid]
+        waiting[gid] = []
+        n += move
     return {g: sorted(c) for g, c in chosen.items()}

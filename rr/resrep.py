@@ -28,11 +28,13 @@ class ResRepConfig:
     before_mask_iters: int = 3906  # no masks before this step (original: 5 epochs)
     begin_granularity: int = 4  # at most this many more rows masked per update, until the target is met
     num_at_least: int = 1  # never mask a group below this many channels
+    round_to: int = 1  # unmasked widths in multiples of this (--round-to)
 
 
 def check_config(cfg):
     """Refuse a setting out of range with one line naming its flag."""
-    lows = (("mask_interval", 1), ("begin_granularity", 1), ("num_at_least", 1), ("before_mask_iters", 0))
+    lows = (("mask_interval", 1), ("begin_granularity", 1), ("num_at_least", 1), ("before_mask_iters", 0),
+            ("round_to", 1))
     for name, low in lows:
         if not getattr(cfg, name) >= low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
@@ -88,7 +90,7 @@ class ResRepHook(Hook):
             norms = {pg.id: pg.norms() for pg in self.groups}
             masked_now = {pg.id: len(pg.masked()) for pg in self.groups}
             chosen = select_masks(self.graph, self.base_deps, norms, masked_now, c.flops_target,
-                                  c.begin_granularity, c.num_at_least)
+                                  c.begin_granularity, c.num_at_least, c.round_to)
         chosen = broadcast_object(chosen)
         for pg in self.groups:
             pg.set_masked(chosen[pg.id])
@@ -113,7 +115,7 @@ class ResRepHook(Hook):
         return {"updates": self.updates, "reached_at": self.reached_at, "config": asdict(self.cfg)}
 
     def load_state_dict(self, state):
-        old, new = state.get("config", {}), asdict(self.cfg)
+        old, new = {"round_to": 1, **state.get("config", {})}, asdict(self.cfg)  # runs from before --round-to
         changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
         if changed:
             raise ValueError("the resume checkpoint belongs to a ResRep run with other settings "

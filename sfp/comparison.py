@@ -8,17 +8,17 @@ from utils.pruning.flops import closest_to_target
 from utils.tools.compare import Entry
 
 
-def rate_for(arch, target, groups="internal"):
+def rate_for(arch, target, groups="internal", round_to=1):
     """(rate text, deps): the keep rate whose MACs come nearest the target."""
     graph, base = arch_graph(arch), default_deps(arch)
-    cands = [(f"{i / 100:g}", graph.deps_at(base, {g.id: g.width - num_pruned(g.width, i / 100)
+    cands = [(f"{i / 100:g}", graph.deps_at(base, {g.id: g.width - num_pruned(g.width, i / 100, round_to)
                                                     for g in graph.select(groups)}))
              for i in range(1, 101)]
     return closest_to_target(graph, base, cands, target)
 
 
-def aim(arch, target, groups):
-    rate = rate_for(arch, target, groups)[0]
+def aim(arch, target, groups, round_to=1):
+    rate = rate_for(arch, target, groups, round_to)[0]
     return ["--rate", rate], rate
 
 

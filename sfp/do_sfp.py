@@ -47,6 +47,7 @@ def parse(argv=None):
                    help="zero after epoch e (counted from 0) when e %% epoch-prune == 0, and after the last, as the "
                         "original (default 1: every epoch)")
     skeleton.add_groups(s, "all", note="all, residual-tied groups ranked jointly; 'internal' compares with ResRep")
+    skeleton.add_round_to(s)
     s.add_argument("--bn-zero", choices=BN_MODES, default=None,
                    help="when to zero the BN weight and bias of zeroed channels too: end (default: soft training "
                         "as the original, then the final zeroed model and the small model agree exactly), always "
@@ -69,6 +70,7 @@ def parse(argv=None):
 def check(args):
     """Refuse bad input before any data is read or process group formed."""
     check_rate(args.rate)
+    skeleton.check_round_to(args.round_to)
     arch_graph(args.arch).select(args.groups)
     if args.epoch_prune < 1:
         raise ValueError(f"--epoch-prune {args.epoch_prune}: must be at least 1")
@@ -81,14 +83,15 @@ def check(args):
 def prepare(run):
     a = run.args
     zeroing = SoftFilterZeroing(run.graph, a.groups, a.rate, a.epoch_prune, bn=a.bn_zero,
-                                reset_momentum=a.reset_momentum, zero_at_start=a.zero_at_start)
+                                reset_momentum=a.reset_momentum, zero_at_start=a.zero_at_start, round_to=a.round_to)
     return skeleton.Setup([EvaluateStart("before SFP (the starting weights, before the first zeroing)"), zeroing])
 
 
 def plan(run):
     """Cut at the last zeroing; beside our MACs, SFP's own idealised FLOPs formula, as its paper counts."""
     a, graph, pruned = run.args, run.graph, run.hook.pruned
-    lines = [f"SFP {a.arch}, rate {a.rate} (keep ratio), groups {a.groups}, zeroed {BN_ZEROED[a.bn_zero]}"]
+    lines = [f"SFP {a.arch}, rate {a.rate} (keep ratio), groups {a.groups}, zeroed {BN_ZEROED[a.bn_zero]}"
+             + (f", kept widths in multiples of {a.round_to}" if a.round_to > 1 else "")]
     depth = depth_of(a.arch)
     if depth is not None:
         deps = graph.deps_at(run.model.deps, {g: len(d.clusters) for g, d in kept(graph, pruned).items()})

@@ -20,6 +20,7 @@ Differences from the original code (he-y/soft-filter-pruning):
 """
 import torch
 
+from utils.pruning.flops import align
 from utils.pruning.zeroing import zero_channels
 from utils.training.dist import broadcast_object
 from utils.training.engine import Hook
@@ -34,9 +35,10 @@ def check_rate(rate):
     return rate
 
 
-def num_pruned(width, rate):
-    """int(N * (1 - rate)), floored as the original; never every channel, since rate > 0."""
-    return int(width * (1 - rate))
+def num_pruned(width, rate, round_to=1):
+    """int(N * (1 - rate)), floored as the original; never every channel, since rate > 0. With `round_to`
+    the kept count N - int(N * (1 - rate)) moves to the nearest multiple (utils.pruning.flops.align)."""
+    return width - align(width - int(width * (1 - rate)), width, round_to)
 
 
 @torch.no_grad()
@@ -49,11 +51,11 @@ def filter_norms(model, group):
     return total
 
 
-def choose(model, groups, rate):
+def choose(model, groups, rate, round_to=1):
     """{group id: sorted channels to zero}: the int(N*(1-rate)) lowest summed norms (ties: lower index)."""
     out = {}
     for g in groups:
-        n = num_pruned(g.width, rate)
+        n = num_pruned(g.width, rate, round_to)
         order = torch.argsort(filter_norms(model, g), stable=True)
         out[g.id] = sorted(order[:n].tolist())
     return out
@@ -64,13 +66,13 @@ class SoftFilterZeroing(Hook):
     small model is cut from). Choices are made on rank 0 and broadcast, so every rank zeroes the same."""
 
     def __init__(self, graph, groups="all", rate=0.7, epoch_prune=1, bn="end", reset_momentum=False,
-                 zero_at_start=True):
+                 zero_at_start=True, round_to=1):
         if bn not in BN_MODES:
             raise ValueError(f"--bn-zero {bn!r}: choose one of {', '.join(BN_MODES)}")
         if epoch_prune < 1:
             raise ValueError(f"--epoch-prune {epoch_prune}: must be at least 1 (epochs between zeroings)")
         self.graph, self.groups = graph, graph.select(groups)
-        self.rate, self.epoch_prune = check_rate(rate), epoch_prune
+        self.rate, self.epoch_prune, self.round_to = check_rate(rate), epoch_prune, round_to
         self.bn, self.reset_momentum, self.zero_at_start = bn, reset_momentum, zero_at_start
         self.pruned = {}  # group id -> channels zeroed at the last zeroing
         self.zeroed_step = None  # trainer step of the last zeroing
@@ -78,7 +80,7 @@ class SoftFilterZeroing(Hook):
 
     def apply(self, model, optimizer=None, log=print, when="", final=False):
         """Choose (on rank 0), broadcast, zero; return {group id: zeroed channels}."""
-        pruned = broadcast_object(choose(model, self.groups, self.rate))
+        pruned = broadcast_object(choose(model, self.groups, self.rate, self.round_to))
         zero_bn = self.bn == "always" or (self.bn == "end" and final)
         zero_channels(model, self.graph, pruned, zero_bn, optimizer if self.reset_momentum else None)
         changed = sum(len(set(v) - set(self.pruned.get(k, ()))) for k, v in pruned.items()) if self.pruned else None

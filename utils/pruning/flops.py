@@ -52,17 +52,30 @@ def closest_to_target(graph, base_deps, candidates, target):
     return min(candidates, key=lambda c: (abs(count(graph, c[1])[0] / base - target), count(graph, c[1])[0]))
 
 
-def uniform_deps(graph, deps, groups, ratio):
-    """`deps` with every group a `--groups` value selects at floor(ratio * width), at least 1: one ratio
-    for every pruned layer (Li et al.'s and Liu et al.'s baselines; C-SGD's floor rounding). `ratio` is
-    a Fraction, so that 29/100 of 100 channels is 29, not 28."""
+def align(width, full, round_to=1):
+    """`--round-to N`: a kept width moved to the nearest multiple of N (halves up), never below N and never
+    above `full`, the group's unpruned width (a group of at most N channels stays whole). Convolutions run
+    their channels in tiles and vector lanes of 8 or 16, so an irregular width costs nearly as much as the
+    next multiple: aligned widths turn saved MACs into saved time."""
+    width = min(int(width), int(full))
+    if round_to == 1 or full <= round_to:
+        return width if round_to == 1 else int(full)
+    return min(int(full), max(round_to, round_to * math.floor(width / round_to + 0.5)))
+
+
+def uniform_deps(graph, deps, groups, ratio, round_to=1):
+    """`deps` with every group a `--groups` value selects at floor(ratio * width), at least 1 (then aligned
+    to `round_to`): one ratio for every pruned layer (Li et al.'s and Liu et al.'s baselines; C-SGD's floor
+    rounding). `ratio` is a Fraction, so that 29/100 of 100 channels is 29, not 28."""
     widths = graph.widths(deps)
-    return graph.deps_at(deps, {g.id: max(1, math.floor(ratio * widths[g.id])) for g in graph.select(groups)})
+    return graph.deps_at(deps, {g.id: align(max(1, math.floor(ratio * widths[g.id])), widths[g.id], round_to)
+                                for g in graph.select(groups)})
 
 
-def uniform_ratio(graph, base_deps, groups, target):
+def uniform_ratio(graph, base_deps, groups, target, round_to=1):
     """(ratio as text, deps): the hundredth whose uniform widths come nearest `target` of the MACs."""
-    candidates = [(f"{i / 100:g}", uniform_deps(graph, base_deps, groups, Fraction(i, 100))) for i in range(1, 100)]
+    candidates = [(f"{i / 100:g}", uniform_deps(graph, base_deps, groups, Fraction(i, 100), round_to))
+                  for i in range(1, 100)]
     return closest_to_target(graph, base_deps, candidates, target)
 
 

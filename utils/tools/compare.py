@@ -13,7 +13,7 @@ JUDGED_AGAINST = ("l1", "scratch")  # the baselines every method is judged again
 @dataclass(frozen=True)
 class Entry:
     """What a method or a baseline tells the comparison. Its stage runs `main(argv)`, the entry script
-    `script`, with `-a ARCH [--init BASE] -o FOLDER [--groups G]`, the flags `aim(arch, macs_target, groups)`
+    `script`, with `-a ARCH [--init BASE] -o FOLDER [--groups G]`, the flags `aim(arch, macs_target, groups, round_to)`
     returns, and the budget's flags; it is done when `done` (relative to its folder) exists. `note(conversion,
     setting)` is the table's footnote: `conversion` is the converted file's `conversion` attribute (empty for
     an entry that converts nothing), `setting` the second value `aim` returned (a solved ratio or rate)."""
@@ -21,7 +21,7 @@ class Entry:
     label: str  # "ResRep"
     script: str  # as a user types it: "rr/exp_resrep.py"
     main: Callable  # main(argv)
-    aim: Callable  # (arch, macs_target, groups) -> (flags, setting)
+    aim: Callable  # (arch, macs_target, groups, round_to) -> (flags, setting)
     budgets: dict = field(default_factory=dict)  # {"demo": flags, "smoke": flags, "paper": flags (often none)}
     note: Callable = lambda conversion, setting: ""
     final: str | None = None  # the network whose accuracy is final, when not the converted one (a fine-tune)
@@ -145,7 +145,9 @@ def report_markdown(rows, settings, notes, commands, onnx=False):
     lines = [f"# {settings['arch']} on {settings['data']}: the four methods and the baselines at {targets} of the "
              "MACs", "",
              f"Budget `{settings['budget']}`; {settings['test_images']:,} test images; seeds {settings['seeds']} "
-             f"(n per row); latency: {settings['latency']}; written {settings['date']}.", "",
+             f"(n per row); groups pruned: {settings.get('groups', 'internal')}"
+             + (f", widths in multiples of {settings['round_to']}" if settings.get("round_to", 1) > 1 else "")
+             + f"; latency: {settings['latency']}; written {settings['date']}.", "",
              *markdown_table(rows, onnx), "", "## What the numbers say", "",
              *[f"- {v}" for v in verdicts(rows)], "",
              "- *top-1*: mean ± sample std over the seeds (n of them); one image is "

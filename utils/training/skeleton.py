@@ -65,6 +65,19 @@ def add_groups(group, default, *aliases, note=""):
                             f"(default: {note or default})")
 
 
+def add_round_to(group):
+    """--round-to: kept widths in multiples of N (hardware-aligned), the same flag in every method."""
+    group.add_argument("--round-to", type=int, default=1, metavar="N",
+                       help="keep every pruned group's width a multiple of N, never below N (8 or 16 align with "
+                            "vector lanes and GEMM tiles; default %(default)s: any width)")
+
+
+def check_round_to(n):
+    if n < 1:
+        raise ValueError(f"--round-to {n}: must be at least 1 (1 keeps any width; 8 keeps multiples of 8)")
+    return n
+
+
 def parse(p, argv=None):
     return add_train_args(p).parse_args(argv)
 

@@ -34,6 +34,7 @@ def test_the_tools_import_no_training_code():
 
 COMMANDS = ["train_base_model.py", "rr/exp_resrep.py", "csgd/do_csgd.py", "aofp/do_aofp.py", "sfp/do_sfp.py",
             "baselines/l1.py", "baselines/scratch.py", "benchmarks/bench_precision.py", "benchmarks/aofp_damage.py",
+            "benchmarks/gpu_check.py", "benchmarks/bench_speedup.py",
             "compare_methods.py", "display_hdf5.py", "transform_torchvision.py", "benchmarks/bench_latency.py",
             "benchmarks/bench_train.py", "benchmarks/bench_resrep.py", "benchmarks/bench_csgd.py"]
 

@@ -153,7 +153,7 @@ def evaluate(model, loader, device, amp=False):
             hit = top5 == labels[:, None]
             sums += torch.stack([nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
                                  hit[:, 0].sum().double(), hit.any(1).sum().double(),
-                                 torch.tensor(float(labels.numel()), device=device, dtype=torch.float64)])
+                                 torch.full((), float(labels.numel()), device=device, dtype=torch.float64)])
     all_reduce_sum(sums)
     loss, top1, top5, n = sums.tolist()
     return {"top1": 100 * top1 / n, "top5": 100 * top5 / n, "loss": loss / n, "samples": int(n)}
@@ -331,7 +331,7 @@ class Trainer:
                                         torch.full_like(first_bad, self.step), first_bad)
                 sums += torch.stack([loss.detach().double() * labels.numel(),
                                      (logits.argmax(1) == labels).sum().double(),
-                                     torch.tensor(float(labels.numel()), device=self.device, dtype=torch.float64)])
+                                     torch.full((), float(labels.numel()), device=self.device, dtype=torch.float64)])
             seen += labels.numel()
             last = i + 1 == stop or self.step >= self.total_steps  # a hook may have requested the stop
             if self.step % cfg.log_every == 0 or last or self.step % cfg.ckpt_every == 0:

@@ -5,7 +5,7 @@ from utils.tools.compare import Entry
 
 ENTRY = Entry(
     "aofp", "AOFP", "aofp/do_aofp.py", do_aofp.main,
-    aim=lambda arch, target, groups: (["--flops-target", f"{target:g}"], None),
+    aim=lambda arch, target, groups, round_to=1: (["--flops-target", f"{target:g}"], None),
     budgets={
         # halves of 10 steps rather than 1000, a half is pruned when its damage is below 0.1; a search of at
         # most 4 epochs, then 2 of fine-tuning

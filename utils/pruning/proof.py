@@ -1,14 +1,31 @@
 """The proof every conversion prints: the largest logit difference between a trained network and its
 converted narrow form on real images, with old and new deps, MACs and params."""
+import contextlib
+
 import torch
 
 from .flops import count
 
 
+@contextlib.contextmanager
+def strict_fp32():
+    """TF32 off for convs and matmuls on CUDA (cuDNN uses it by default): with 10-bit mantissas an exact
+    conversion would differ by about 1e-2 in the logits, which hides a real error of that size."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    try:
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=False):
+            yield
+    finally:
+        matmul.allow_tf32 = before
+
+
 @torch.no_grad()
 def max_logit_diff(model_a, model_b, batches, max_batches=4):
     """Largest |logit difference| over the first `max_batches` of `batches` (images, or (images, labels)
-    pairs), both models in eval mode (their modes are restored after)."""
+    pairs), both models in eval mode (their modes are restored after), in strict fp32."""
     was = model_a.training, model_b.training
     model_a.eval(), model_b.eval()
     worst = 0.0
@@ -17,7 +34,8 @@ def max_logit_diff(model_a, model_b, batches, max_batches=4):
             if i >= max_batches:
                 break
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
-            worst = max(worst, (model_a(images).float() - model_b(images).float()).abs().max().item())
+            with strict_fp32():
+                worst = max(worst, (model_a(images).float() - model_b(images).float()).abs().max().item())
     finally:
         model_a.train(was[0]), model_b.train(was[1])
     return worst

@@ -92,7 +92,7 @@ def fused_conv_bn(state, conv, bn, eps):
     """(kernel, bias) of conv followed by BN in eval mode, in float64."""
     k = state[f"{conv}.weight"].double()
     b = state.get(f"{conv}.bias")
-    b = torch.zeros(k.shape[0], dtype=torch.float64) if b is None else b.double()
+    b = torch.zeros(k.shape[0], dtype=torch.float64, device=k.device) if b is None else b.double()
     gamma, beta, mean, var = (state[f"{bn}.{key}"].double() for key in BN_KEYS)
     t = gamma / torch.sqrt(var + eps)
     return k * t.reshape(-1, 1, 1, 1), beta + (b - mean) * t

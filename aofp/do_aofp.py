@@ -1,9 +1,11 @@
 """AOFP: `python aofp/do_aofp.py -a vc` (or src56, sres50; or under torchrun).
 
 Starts from a trained base model and keeps training it at a small learning rate while every searched
-layer (`--groups`, internal by default) runs AOFP's binary search (aofp/search.py); stops as soon as the
-MACs fall below the target. Then slices off the masked filters through the surgery module, proves the
-narrow net equals the masked one, and fine-tunes the narrow net in its own folder. Writes under
+channel group (`--groups`: internal by default; residual, stem, fanout or all, each scored at all its
+consumers) runs AOFP's binary search (aofp/search.py); stops as soon as the MACs fall below the target.
+Then (with `--round-to N`) moves every searched group's width to a multiple of N, slices off the masked
+filters through the surgery module, proves the narrow net equals the masked one, and fine-tunes the
+narrow net in its own folder. Writes under
 aofp_models/{arch}_train/: finish.hdf5 (the masked full-width model, pruned filters zeroed),
 finish_converted.hdf5 (the narrow model, with deps) and finetune/finish.hdf5 (the fine-tuned narrow
 model, with deps). Re-running the same command resumes either phase.
@@ -20,6 +22,7 @@ from aofp.convert import decide
 from aofp.hook import AOFPSearch
 from aofp.probe import BN_MODES
 from utils.command import run_main
+from utils.pruning.channel_graph import parse_roles
 from utils.training import skeleton
 from utils.training.cli import check_values
 
@@ -47,6 +50,7 @@ def parse(argv=None):
                         "or the normal pass's (base: 1.6x the damage of a random half on a trained src20); BN running "
                         "statistics are never touched by the ablated pass")
     skeleton.add_groups(s, "internal")
+    skeleton.add_round_to(s)
     f = p.add_argument_group("fine-tuning of the narrow net (the shared flags below apply to the search)")
     f.add_argument("--skip-finetune", action="store_true", help="stop after writing finish_converted.hdf5")
     f.add_argument("--ft-epochs", type=int, default=FINETUNE["epochs"])
@@ -70,6 +74,8 @@ def check(args):
         raise ValueError(f"--thresh {args.thresh}: must be positive (the damage t is never negative)")
     if not args.warmup_iters >= 0:
         raise ValueError(f"--warmup-iters {args.warmup_iters}: must not be negative")
+    parse_roles(args.groups)
+    skeleton.check_round_to(args.round_to)
     check_values({"epochs": args.ft_epochs, "lr": args.ft_lr, "batch_size": args.ft_batch_size,
                   "weight_decay": args.ft_weight_decay, "eval_every": args.ft_eval_every,
                   "max_steps": args.ft_max_steps}, prefix="ft-")
@@ -80,6 +86,17 @@ def prepare(run):
     a = run.args
     return skeleton.Setup([AOFPSearch(run.graph, run.model.deps, a.groups, a.iters_per_half, a.thresh, a.warmup_iters,
                                       a.flops_target, run.cfg.seed, a.bn_mode)])
+
+
+def plan(run):
+    """The decision; a rounded net is evaluated again, so finish.hdf5's metrics are its own."""
+    p = decide(run.trainer.model, run.graph, run.hook, run.trainer.step, run.args.round_to)
+    if p.info.get("rounded"):
+        searched, run.trainer.metrics = run.trainer.metrics, run.trainer.evaluate()
+        p.info["searched_metrics"] = searched
+        p.lines.append(f"the searched net: top1 {searched['top1']:.2f}; rounded to multiples of {run.args.round_to}: "
+                       f"top1 {run.trainer.metrics['top1']:.2f}")
+    return p
 
 
 def finetune(run):
@@ -98,7 +115,7 @@ def main(argv=None):
     args = parse(argv)
     skeleton.main(args, {"cifar10": SEARCH, "imagenet": SEARCH}, os.path.join("aofp_models", f"{args.arch}_train"),
                   name="aofp", label="AOFP", init=check, prepare=prepare, then=finetune,
-                  decide=lambda run: decide(run.trainer.model, run.graph, run.hook, run.trainer.step))
+                  decide=plan)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,18 @@ before_step: start the layers that are due and draw this step's ablation masks f
 by (seed, step), identical on every rank and after a resume. The normal forward pass then measures
 every active layer's damage (aofp/probe.py). after_step: average t over the ranks, credit it to the
 masked filters, end the halves that are due, and stop the run as soon as the MACs fall below the target.
+
+A searched "layer" is a channel group. An internal group has one producer and one consumer, the
+original's case. A residual group (every conv feeding one residual sum, the stem included in a CIFAR
+ResNet), the stem or a fanout group has several producers or consumers: its base mask and its drawn
+ablation zero the same channels of the sum, gated at every consumer's input (nothing else reads
+them: the identity shortcuts only carry them to the next sum), and its damage is measured at every
+consumer. t is then the mean over the consumers of each one's relative squared error ||Z-Z'||^2/||Z||^2:
+AOFP's damage to the next layer's output, where "the next layer" is every layer that reads the
+channels, each weighted alike. A pooled ratio (summed errors over summed energies) would let the
+consumer with the largest output (a conv on a 32x32 map) drown the one with the smallest (the logits),
+and `--thresh` would no longer bound the relative damage of each next layer on average. One consumer
+gives the original's t exactly.
 """
 import torch
 
@@ -21,13 +33,9 @@ DRAW_STREAM = 0xA0F  # keeps the draws apart from the data's streams of the same
 
 
 def target_groups(graph, groups="internal"):
-    """The channel groups AOFP searches (`--groups`): by default the internal ones (one conv, one consumer)."""
+    """The channel groups AOFP searches (`--groups`): by default the internal ones (one conv, one consumer);
+    residual, stem and fanout groups are scored at all their consumers."""
     chosen = graph.select(groups)
-    for g in chosen:
-        if len(g.producers) != 1 or len(g.consumers) != 1:
-            raise ValueError(f"--groups {groups}: AOFP needs one producer and one scoring layer per searched group; "
-                             f"group {g.id} ({g.producers[0].conv}, role {g.role}) has {len(g.producers)} and "
-                             f"{len(g.consumers)}")
     if not chosen:
         raise ValueError(f"--groups {groups}: the model has no such channel group to search")
     return chosen
@@ -48,6 +56,10 @@ class AOFPSearch(Hook):
         groups = target_groups(graph, groups) if isinstance(groups, str) else [graph.groups[g] for g in groups]
         if not groups:
             raise ValueError("AOFP has nothing to search: the list of channel groups is empty")
+        unscored = [g for g in groups if not g.consumers]
+        if unscored:
+            raise ValueError(f"AOFP cannot search group {unscored[0].id} ({unscored[0].producers[0].conv}, role "
+                             f"{unscored[0].role}): no layer consumes its channels, so nothing measures their damage")
         widths = graph.widths(self.deps)
         starts = start_steps(len(groups), iters_per_half, warmup)
         self.layers = [LayerSearch(g.producers[0].conv, g.id, widths[g.id], s) for g, s in zip(groups, starts)]
@@ -56,35 +68,37 @@ class AOFPSearch(Hook):
         self.base_macs = count(graph, self.deps)[0]
         self.stopped = None  # why the search ended: "target", "exhausted"; None while it runs
         self.moves = []  # (step, layer, number pruned, worst t, MACs ratio after)
-        self.probes, self._active = [], []
+        self.probes, self._active = [], []  # probes: one per (layer, consumer), in layer order
+        self._probes_of = []  # per layer: its probes, one per consumer of its group
 
     # --- wiring ----------------------------------------------------------------------------------
     def attach(self, model):
-        """Put the base-mask gates and damage probes on `model` (the plain module, not the DDP wrapper)."""
+        """Put the base-mask gates and damage probes on `model` (the plain module, not the DDP wrapper): one
+        probe at every consumer of every searched group."""
         self.detach()
         relu_after = followed_by_relu(model)
-        by_conv = {layer.name: layer for layer in self.layers}
+        by_group = {layer.group: layer for layer in self.layers}
         for layer in self.layers:
-            consumer = self.graph.groups[layer.group].consumers[0]
-            bn = None
-            if consumer.kind == "conv":
-                bn = next((p.bn for p in self.graph.group_of(consumer.module).producers if p.conv == consumer.module),
-                          None)
-            post = (bn or consumer.module) in relu_after
-            self.probes.append(LayerProbe(model, layer, consumer, bn, post, by_conv.get(consumer.module),
-                                          self.settings["bn_mode"]))
+            probes = []
+            for consumer in self.graph.groups[layer.group].consumers:
+                bn, own = None, None
+                if consumer.kind == "conv":  # a conv consumer produces a group too: its BN, and its own base mask
+                    out = self.graph.group_of(consumer.module)
+                    bn = next((p.bn for p in out.producers if p.conv == consumer.module), None)
+                    own = by_group.get(out.id)
+                post = (bn or consumer.module) in relu_after
+                probes.append(LayerProbe(model, layer, consumer, bn, post, own, self.settings["bn_mode"]))
+            self._probes_of.append(probes)
+            self.probes += probes
         return self
 
     def detach(self):
         for p in self.probes:
             p.remove()
-        self.probes = []
+        self.probes, self._probes_of = [], []
 
     def widths_now(self):
-        deps = list(self.deps)
-        for layer in self.layers:
-            deps[self.graph.groups[layer.group].producers[0].index] = layer.alive
-        return deps
+        return self.graph.deps_at(self.deps, {layer.group: layer.alive for layer in self.layers})
 
     def macs_ratio(self):
         return count(self.graph, self.widths_now())[0] / self.base_macs
@@ -112,29 +126,32 @@ class AOFPSearch(Hook):
         for layer in self.layers:
             if layer.half_start < 0 and not layer.done and step >= layer.start_step:
                 layer.restart(step)
-        self._active = [p for p in self.probes if p.layer.active]
+        self._active = [(layer, probes) for layer, probes in zip(self.layers, self._probes_of) if layer.active]
         if not self._active:
             return
         g = torch.Generator().manual_seed(mix_seed(self.settings["seed"], step, DRAW_STREAM))
-        drawn = torch.cat([p.layer.draw(g) for p in self._active]).to(trainer.device, torch.float32)
-        for p, d in zip(self._active, drawn.split([p.layer.width for p in self._active])):
-            p.drawn, p.t = d, None
+        drawn = torch.cat([layer.draw(g) for layer, _ in self._active]).to(trainer.device, torch.float32)
+        for (layer, probes), d in zip(self._active, drawn.split([layer.width for layer, _ in self._active])):
+            for p in probes:  # one draw per group: the same channels ablated at every consumer
+                p.drawn, p.t = d, None
 
     def after_step(self, trainer):
         active, self._active = self._active, []
         if not active:
             return
-        missing = [p.layer.name for p in active if p.t is None]
+        missing = [f"{layer.name} (at {p.scorer_name})" for layer, probes in active for p in probes if p.t is None]
         if missing:
             raise RuntimeError(f"AOFP: no damage measured for {', '.join(missing)}: its scorer did not run")
-        t = torch.stack([p.t for p in active])
+        # the mean over the group's consumers (see the module's docstring); one consumer: its t as it is
+        t = torch.stack([probes[0].t if len(probes) == 1 else torch.stack([p.t for p in probes]).mean()
+                         for _, probes in active])
         all_reduce_sum(t).div_(trainer.ctx.world_size)  # every rank then makes the same decisions
-        for p, ti in zip(active, t):
-            p.layer.accumulate(ti, p.drawn)
-            p.drawn = p.t = None
+        for (layer, probes), ti in zip(active, t):
+            layer.accumulate(ti, probes[0].drawn)
+            for p in probes:
+                p.drawn = p.t = None
         thresh, per_half = self.settings["thresh"], self.settings["iters_per_half"]
-        for p in active:
-            layer = p.layer
+        for layer, _ in active:
             if trainer.step - layer.half_start < per_half:
                 continue
             action, filters, worst = layer.decide(trainer.step, thresh)

@@ -13,6 +13,13 @@ statistics, which partly cancels the ablation; `bn_mode="base"` normalises Z' wi
 measures 1.6x the damage of a random half on a trained src20: benchmarks/aofp_damage.py), then the ReLU that follows the scorer
 and the scorer's own base mask, as the original's post-activation output. t = ||Z-Z'||^2 / ||Z||^2.
 The ablated branch reaches only the scorer, so all layers are searched at once without interacting.
+
+A group with several consumers (a residual sum read by every block's first conv, the next stage and
+the classifier; a stem read by two convs) gets one probe per consumer, all sharing the group's base
+mask and each step's drawn mask: zeroing a channel of the sum at every reader is zeroing it at every
+producer. The hook averages their t (aofp/hook.py). When the scorer produces a searched group itself
+(an internal conv, a projection or a block's last conv feeding a residual sum), that group's base mask
+multiplies Z and Z', as the original's scorer multiplies by its own base mask.
 """
 import torch
 import torch.nn.functional as F
@@ -38,12 +45,12 @@ def followed_by_relu(model):
 
 
 class LayerProbe:
-    """The base-mask gate and the damage probe of one searched layer, as hooks on its scorer."""
+    """The base-mask gate and the damage probe of one searched layer at one of its scorers, as hooks on it."""
 
     def __init__(self, model, layer, consumer, scorer_bn, post_relu, scorer_layer=None, bn_mode="own"):
         if bn_mode not in BN_MODES:
             raise ValueError(f"unknown BN mode {bn_mode!r}: choose one of {', '.join(BN_MODES)}")
-        self.layer, self.kind, self.block = layer, consumer.kind, consumer.block
+        self.layer, self.kind, self.block, self.scorer_name = layer, consumer.kind, consumer.block, consumer.module
         self.scorer = model.get_submodule(consumer.module)
         self.bn = None if scorer_bn is None else model.get_submodule(scorer_bn)
         self.post_relu, self.scorer_layer, self.bn_mode = post_relu, scorer_layer, bn_mode

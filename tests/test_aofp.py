@@ -9,16 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from aofp import do_aofp
-from aofp.convert import zero_pruned
+from aofp.convert import filter_l1, round_keeps, round_widths, zero_pruned
 from aofp.hook import AOFPSearch
 from aofp.probe import BN_MODES
 from aofp.search import LayerSearch, start_steps
 from base_model import build_model
 from helpers import FlattenNet, example_input, gloo_group, random_model, randomize_bn, spawn_ranks
-from utils.pruning.channel_graph import arch_graph, build_channel_graph
+from utils.pruning.channel_graph import arch_graph, arch_graph_at, build_channel_graph
 from utils.pruning.convert import convert
 from utils.pruning.flops import count
 from utils.pruning.surgery import keep as keep_channels
+from utils.pruning.surgery import narrow
 from utils.tools.store import model_from_hdf5, read_hdf5, save_hdf5
 from utils.training import dist
 from utils.training.checkpoint import CheckpointError
@@ -407,3 +408,178 @@ def test_script_runs_from_the_repo_root_without_pythonpath(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(REPO, "aofp", "do_aofp.py"), "-a", "vc", "--base",
                         str(tmp_path / "none.hdf5")], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "error: --init" in r.stderr and "python train_base_model.py -a vc" in r.stderr
+
+
+# --- residual groups and the stem ----------------------------------------------------------------
+
+def test_a_residual_group_is_gated_and_scored_at_every_consumer():
+    """src20's first residual group (the stem and every stage-1 block's conv2) is read by the three stage-1
+    conv1s, stage 2's projection and its first conv1: one probe at each, one drawn mask for all, and the
+    group's t is the mean of the original's two-pass damage at each (scorers' own base masks included)."""
+    model, graph = random_model("src20", seed=4).train(), arch_graph("src20")
+    hook = AOFPSearch(graph, model.deps, groups="all", iters_per_half=5, warmup=0)
+    assert {graph.groups[layer.group].role for layer in hook.layers} == {"internal", "residual"}
+    assert len(hook.layers) == 12
+    res = graph.groups[0]
+    assert res.role == "residual" and len(res.producers) == 4 and hook.layers[0].group == 0
+    hook.attach(model)
+    probes = [p for p in hook.probes if p.layer is hook.layers[0]]
+    assert [p.scorer_name for p in probes] == [c.module for c in res.consumers] and len(probes) == 5
+    assert [p.post_relu for p in probes] == [True, True, True, False, True]  # the projection's BN feeds an add
+    assert probes[3].scorer_layer.group == graph.group_of("stage2.projection.conv").id  # a residual group's mask
+    for layer in hook.layers:  # a third of every searched group pruned already
+        layer.set_keep(torch.arange(layer.width) % 3 != 1)
+        layer.restart(0)
+    seen = {}
+    captures = [p.scorer.register_forward_pre_hook(
+        lambda m, args, name=p.scorer_name: seen.update({name: args[0].detach().clone()}), prepend=True)
+        for p in probes]
+
+    class Step:  # what the hook reads from the trainer
+        step, device, ctx, log = 0, torch.device("cpu"), dist.DistContext(), None
+    x = example_input("src20", batch=8, seed=5)
+    hook.before_step(Step, x, None)
+    drawn = probes[0].drawn.clone()
+    assert all(p.drawn is probes[0].drawn for p in probes) and drawn.sum() == hook.layers[0].alive // 2
+    model(x)
+    for h in captures:
+        h.remove()
+    want = [original_damage(seen[p.scorer_name], hook.layers[0].keep.clone(), drawn.bool(), p.scorer, p.bn,
+                            p.post_relu, p.scorer_layer.keep if p.scorer_layer else None, "own") for p in probes]
+    assert all(1e-3 < w < 10 for w in want)
+    for p, w in zip(probes, want):
+        assert float(p.t) == pytest.approx(w, rel=1e-5), p.scorer_name
+    Step.step = 1
+    hook.after_step(Step)
+    acc = hook.layers[0].acc_t
+    assert torch.allclose(acc[drawn.bool()], torch.tensor(sum(want) / len(want), dtype=torch.float64), rtol=1e-5)
+    assert (acc[~drawn.bool()] == 0).all()
+
+
+@pytest.mark.parametrize("arch", ["src56", "sres50"])
+def test_residual_and_stem_groups_prune_exactly(arch):
+    """Random base masks on every group (--groups all: residual sums, sres50's stem): the gated net, its plain
+    form with the pruned filters zeroed at every producer, and the narrow net give the same logits."""
+    model, graph = random_model(arch, seed=2), arch_graph(arch)
+    hook = AOFPSearch(graph, model.deps, groups="all")
+    roles = {graph.groups[layer.group].role for layer in hook.layers}
+    assert roles == ({"internal", "residual", "stem"} if arch == "sres50" else {"internal", "residual"})
+    g = torch.Generator().manual_seed(0)
+    for layer in hook.layers:
+        keep = torch.rand(layer.width, generator=g) < 0.6
+        keep[torch.randint(layer.width, (1,), generator=g)] = True
+        layer.set_keep(keep)
+    hook.attach(model.eval())
+    x = example_input(arch)
+    with torch.no_grad():
+        masked = model(x)
+        small = convert(model, graph, {g: keep_channels(idx) for g, idx in hook.keeps().items()},
+                        lambda deps: build_model(arch, deps), lambda: [x]).model
+        narrowed = graph.widths(small.deps)
+        assert all(narrowed[layer.group] < graph.groups[layer.group].width for layer in hook.layers)
+        assert (small(x) - masked).abs().max() < 1e-4
+        hook.detach()
+        assert (zero_pruned(model, graph, hook.keeps())(x) - masked).abs().max() < 1e-4
+
+
+def test_a_group_that_nothing_consumes_is_refused():
+    graph = copy.deepcopy(arch_graph("src20"))  # the cached graph is shared: change a copy
+    graph.groups[1].consumers = []
+    with pytest.raises(ValueError, match="no layer consumes its channels"):
+        AOFPSearch(graph, build_model("src20").deps, groups=[1])
+
+
+# --- --round-to ----------------------------------------------------------------------------------
+
+def aligned(width, full, n):
+    return width == full or (width % n == 0 and width >= n)
+
+
+def test_rounding_goes_to_the_nearest_multiple_and_falls_back_down_for_the_target():
+    graph, deps = arch_graph("src20"), build_model("src20").deps
+    ids = [g.id for g in graph.select("internal")]  # 3 x 16, 3 x 32, 3 x 64
+    alive = dict(zip(ids, [13, 11, 4, 20, 28, 31, 36, 45, 60]))
+    base = count(graph, deps)[0]
+
+    def ratio(w):
+        return count(graph, graph.deps_at(deps, w))[0] / base
+    loose, met = round_widths(graph, deps, alive, 8, target=1.0)  # no pressure: the nearest multiples
+    assert met and loose == dict(zip(ids, [16, 8, 8, 24, 32, 32, 40, 48, 64]))
+    tight, met = round_widths(graph, deps, alive, 8, target=ratio(alive) + 1e-9)
+    assert met and ratio(tight) < ratio(alive) + 1e-9
+    for gid, w in tight.items():  # no group goes below the multiple under its searched count, or above the nearest
+        assert aligned(w, graph.groups[gid].width, 8) and max(8, alive[gid] // 8 * 8) <= w <= loose[gid]
+    assert tight[ids[2]] == 8  # searched at 4: grows back to 8, paid for by the others
+    assert round_widths(graph, deps, alive, 1, target=0.5) == (alive, True)  # N = 1 changes nothing
+    none, met = round_widths(graph, deps, alive, 8)  # no target: never above the searched MACs
+    assert met and ratio(none) <= ratio(alive)
+    assert round_widths(graph, deps, {ids[0]: 5}, 16, 0.999) == ({ids[0]: 16}, False)  # at most N channels: whole
+
+
+def test_rounding_drops_the_weakest_kept_filters_and_restores_the_strongest_pruned_ones():
+    model, graph = random_model("src20", seed=6), arch_graph("src20")
+    down, up = 0, graph.group_of(LAYER).id  # the first residual group (16) and an internal group (16)
+    keeps = {down: list(range(13)), up: [1, 5, 9]}  # 13 -> 16 would be nearest; 3 -> 8 must grow
+    norms = {g: filter_l1(model, graph.groups[g]) for g in keeps}
+    want = sum(model.get_submodule(p.conv).weight.abs().sum((1, 2, 3)).double() for p in graph.groups[down].producers)
+    assert len(graph.groups[down].producers) == 4 and torch.allclose(norms[down], want)
+    target = count(graph, graph.deps_at(model.deps, {down: 13, up: 3}))[0] / count(graph, model.deps)[0] + 1e-9
+    kept, moved, met = round_keeps(model, graph, model.deps, keeps, 8, target)  # 16 and 8 break it: 13 -> 8
+    assert met and moved == {down: (13, 8), up: (3, 8)}
+    order = sorted(range(13), key=lambda c: norms[down][c].item())
+    assert kept[down] == sorted(order[5:])
+    pruned = [c for c in range(16) if c not in keeps[up]]
+    assert kept[up] == sorted([1, 5, 9] + sorted(pruned, key=lambda c: -norms[up][c].item())[:5])
+
+
+SMOKE = ["-a", "src20", "--data", "synthetic", "--device", "cpu", "--epochs", "1", "--batch-size", "32",
+         "--deterministic", "--max-steps", "40", "--iters-per-half", "1", "--warmup-iters", "0", "--thresh", "1e9",
+         "--skip-finetune"]
+# a start net with irregular widths, so that the search's halvings leave counts that are not multiples of 8
+ODD = {"internal": (11, 21, 45), "residual": (13, 27, 50)}
+
+
+def odd_base(path):
+    graph = arch_graph("src20")
+    widths = {g.id: ODD[g.role][int(g.producers[0].conv[len("stage")]) - 1] for g in graph.groups}
+    model = random_model("src20", graph.deps_at(build_model("src20").deps, widths), seed=7)
+    save_hdf5(path, model.state_dict(), deps=model.deps, arch="src20")
+    return model
+
+
+@pytest.mark.parametrize("groups, round_to", [("all", 1), ("internal,residual,stem", 8)])
+def test_do_aofp_searches_residual_groups_and_rounds_widths(tmp_path, groups, round_to):
+    model = odd_base(tmp_path / "base.hdf5")
+    out = tmp_path / "run"
+    target = 0.3
+    do_aofp.main([*SMOKE, "--init", str(tmp_path / "base.hdf5"), "-o", str(out), "--groups", groups,
+                  "--flops-target", str(target), "--round-to", str(round_to)])
+    graph = arch_graph_at("src20", model.deps)
+    trained, _, t = read_hdf5(out / "finish.hdf5")
+    first = {g.producers[0].conv: g.id for g in graph.groups}
+    searched = {first[c] for c in t["decisions"]}
+    assert searched == {g.id for g in graph.groups if g.role in ("internal", "residual")}
+    state, deps, attrs = read_hdf5(out / "finish_converted.hdf5")
+    conv = attrs["conversion"]
+    assert conv["max_logit_diff"] < 1e-4 and conv["macs_ratio"] < target, conv
+    start, now = graph.widths(model.deps), graph.widths(deps)
+    assert any(now[g] < start[g] for g in searched if graph.groups[g].role == "residual")  # a residual sum narrowed
+    # the trained file and its decisions give the converted file (restored channels are live in it)
+    narrowed, new_deps = narrow(trained, graph, {first[c]: keep_channels([i for (i,) in cl])
+                                                 for c, cl in t["decisions"].items()})
+    assert new_deps == deps and all(torch.equal(narrowed[k], state[k]) for k in state)
+    masked, _, _ = model_from_hdf5(out / "finish.hdf5")  # the plain full-width file is the narrow net
+    small, _, _ = model_from_hdf5(out / "finish_converted.hdf5")
+    x = example_input("src20", batch=4)
+    with torch.no_grad():
+        assert (masked(x) - small(x)).abs().max() < 1e-4
+    if round_to == 1:
+        assert "round_to" not in conv and "searched_metrics" not in conv
+        return
+    assert all(aligned(now[g], start[g], 8) for g in searched), now
+    assert conv["round_to"] == 8 and conv["rounded"] and conv["searched_macs_ratio"] < target
+    searched_widths = graph.widths(conv["searched_deps"])
+    assert not all(aligned(searched_widths[g], start[g], 8) for g in searched)  # the rounding had work to do
+    log = (out / "log.txt").read_text()
+    assert "--round-to 8:" in log and "the searched net: top1" in log
+    assert t["metrics"] == conv["trained_metrics"] and "searched_metrics" in conv  # the rounded net's, evaluated

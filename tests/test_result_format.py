@@ -104,9 +104,11 @@ def test_the_original_flag_names_stay_as_aliases():
     assert do_csgd.parse(["-a", "src20", "-i", "0", "--scope", "all"]).groups == "all"
 
 
-def test_aofp_refuses_groups_it_cannot_search(runs, tmp_path):
-    with pytest.raises(ValueError, match="--groups residual: AOFP needs one producer and one scoring layer"):
-        do_aofp.main([*SMOKE, "--init", str(runs / "base.hdf5"), "-o", str(tmp_path / "x"), "--groups", "residual"])
+def test_aofp_refuses_groups_and_widths_it_cannot_search(runs, tmp_path):
+    for flags, msg in ((["--groups", "output"], "--groups 'output': use 'all' or a comma list of roles"),
+                       (["--round-to", "0"], "--round-to 0: must be at least 1")):
+        with pytest.raises(ValueError, match=msg):
+            do_aofp.main([*SMOKE, "--init", str(runs / "base.hdf5"), "-o", str(tmp_path / "x"), *flags])
     assert not os.path.exists(tmp_path / "x")
 
 

@@ -1,11 +1,14 @@
 """Latency of a network: eval mode, warm-up, median of repeats; fp32 on CPU, also bf16 on CUDA;
-as trained (conv+BN) and in the BN-fused deploy form.
+as trained (conv+BN) and in the BN-fused deploy form; with --onnx, the fused form also in ONNX Runtime.
 
     python benchmarks/bench_latency.py resrep_models/src56_train/finish_converted.hdf5 [--base src56_train/finish.hdf5]
     python benchmarks/bench_latency.py -a src56 --deps 16,8,...            # random weights: latency ignores values
+    python benchmarks/bench_latency.py -a src56 --deps 16,8,... --onnx     # + ONNX Runtime rows (CPU, fp32, fused)
 
 Against a base (`--base FILE`, else the arch's default widths; `--no-base` to time the model alone) it
-prints, per form, dtype and batch, the measured speed-up next to the MACs ratio.
+prints, per engine, form, dtype and batch, the measured speed-up next to the MACs ratio. ONNX Runtime (CPU
+execution provider, as many intra-op threads as PyTorch's, so both get the same cores) runs the same fused
+networks on the same input, in the same turns as PyTorch's fused fp32 passes.
 """
 if not __package__:  # run as a file, not as a module: the repository root goes on the path, as with -m
     import os
@@ -21,7 +24,7 @@ from base_model import build_model, default_deps, get_arch
 from utils.command import run_main
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
-from utils.tools.latency import FORMS, measure
+from utils.tools.latency import FORMS, ORT, measure
 from utils.tools.store import model_from_hdf5
 from utils.training.dist import resolve_device
 
@@ -47,19 +50,22 @@ def parse(argv=None):
                    help="conv+bn (as trained) and/or fused (BN folded, the deploy form)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--onnx", action="store_true",
+                   help="also time the fused form in ONNX Runtime (CPU execution provider, fp32, PyTorch's threads)")
     p.add_argument("--json", action="store_true", help="also print one JSON object with every number")
     return p.parse_args(argv)
 
 
 def table(rows, macs):
-    """The printed lines: one per (form, dtype, batch), with the measured and the MACs speed-up."""
+    """The printed lines: one per (engine, form, dtype, batch), with the measured and the MACs speed-up."""
     has_base = "base" in rows
-    lines = [f"{'form':<8} {'dtype':<9} {'batch':>5} {'model ms':>10}"
+    lines = [f"{'engine':<11} {'form':<8} {'dtype':<9} {'batch':>5} {'model ms':>10}"
              + (f" {'base ms':>10} {'speed-up':>9} {'MACs ratio':>11}" if has_base else "")]
     entries = []
-    for key, ms in rows["model"].items():
-        line = f"{key[0]:<8} {key[1]:<9} {key[2]:>5} {ms:>10.3f}"
-        entry = {"form": key[0], "dtype": key[1], "batch": key[2], "model_ms": ms}
+    for key, ms in sorted(rows["model"].items(), key=lambda kv: len(kv[0])):  # PyTorch's rows, then ORT's
+        engine = ORT if key[3:] == (ORT,) else "pytorch"
+        line = f"{engine:<11} {key[0]:<8} {key[1]:<9} {key[2]:>5} {ms:>10.3f}"
+        entry = {"engine": engine, "form": key[0], "dtype": key[1], "batch": key[2], "model_ms": ms}
         if has_base:
             b = rows["base"][key]
             line += f" {b:>10.3f} {b / ms:>8.2f}x {macs['model'] / macs['base']:>11.3f}"
@@ -89,9 +95,13 @@ def main(argv=None):
     bad = [f for f in args.forms if f not in FORMS]
     if bad or not args.forms:
         raise ValueError(f"--forms {','.join(args.forms)}: choose from {', '.join(FORMS)}")
-    rows = measure(models, arch, size, device, args.batches, args.repeats, args.forms, warmup=args.warmup)
-    print(f"{arch} on {device} ({torch.get_num_threads()} threads), input {size}x{size}, median of {args.repeats}"
-          + (", model and base timed in turns" if "base" in rows else ""))
+    rows = measure(models, arch, size, device, args.batches, args.repeats, args.forms, warmup=args.warmup,
+                   onnx=args.onnx)
+    print(f"{arch} on {device} ({torch.get_num_threads()} threads"
+          + (", ONNX Runtime with as many intra-op threads" if args.onnx else "")
+          + f"), input {size}x{size}, median of {args.repeats}"
+          + (", model and base timed in turns" if "base" in rows else "")
+          + (", ONNX Runtime in the same turns as PyTorch's fused fp32 passes" if args.onnx else ""))
     lines, entries = table(rows, macs)
     print("\n".join(lines))
     if args.json:

@@ -58,10 +58,14 @@ def test_the_comparison_runs_every_method_and_baseline_and_writes_table_and_plot
     assert rows["scratch"]["logit_diff"] is None and rows["scratch"]["exact"] is None  # nothing converted
     for run in record["runs"]:
         assert os.path.isfile(run["file"]) and ("onnx_diff" not in run or run["onnx_diff"] < 1e-4)
+        base = record["runs"][0]  # ONNX Runtime's latency beside PyTorch's, over the base timed in the same turns
+        assert run["ort_latency_b1"] > 0 and run["ort_latency_b64"] > 0
+        assert run["ort_speedup_b64"] == pytest.approx(base["ort_latency_b64"] / run["ort_latency_b64"])
     assert record["settings"]["test_images"] == 128 and record["settings"]["seeds"] == [0]
     table = open(os.path.join(out, "comparison.md")).read()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(lines) == 1 + 8 and "max logit diff" in lines[0] and "ONNX Runtime diff" in lines[0]
+    assert "| speed-up b64 | ORT latency b1 ms | ORT latency b64 ms | ORT speed-up b64 |" in lines[0]
     assert "not resolved with n = 1" in table and "python baselines/l1.py -a src20" in table
     assert "--max-steps 3 --epoch-prune 1" in table and table.strip() in printed
     for png in ("comparison.png", "speedup.png"):
@@ -70,6 +74,8 @@ def test_the_comparison_runs_every_method_and_baseline_and_writes_table_and_plot
     # Re-running finds every stage done and only measures again.
     assert compare_methods.main(argv) == 0
     assert capsys.readouterr().out.count(": done (") == 8
+    record = json.load(open(os.path.join(out, "comparison.json")))
+    assert not any(k.startswith("ort_") for r in record["rows"] + record["runs"] for k in r)  # no --onnx, no ORT
     # ... and refuses to reuse a stage made with other settings.
     with pytest.raises(ValueError, match="seed0 was made by another command"):
         compare_methods.main([*argv, "--extra", "resrep=--lasso-strength 1e-3"])
@@ -114,6 +120,10 @@ def test_aggregate_means_stds_and_the_worst_proof():
     (row,) = aggregate(runs)
     assert (row["n"], row["final_top1"], row["final_top1_std"], row["logit_diff"]) == (3, 52.0, 2.0, 3e-6)
     assert row["seeds"] == [0, 1, 2] and row["exact"] is True and row["converted_top1"] is None
+    assert "ort_latency_b1" not in row  # ONNX Runtime's columns only with --onnx
+    for r, ms in zip(runs, (1.0, 2.0, 3.0)):
+        r["ort_latency_b1"] = ms
+    assert aggregate(runs)[0]["ort_latency_b1"] == 2.0 and aggregate(runs)[0]["ort_latency_b1_std"] == 1.0
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -14,7 +14,7 @@ import torch
 
 from base_model import get_arch
 from utils.atomic import atomic_write
-from utils.command import run_main
+from utils.command import RunError, run_main
 
 from .latency import deploy_form
 from .store import model_from_hdf5
@@ -41,10 +41,19 @@ def export_onnx(model, arch, path, num_classes=None, quiet=True):
     return fused
 
 
-def onnx_session(path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+def onnx_session(path, threads=None):
+    """An ONNX Runtime session on the CPU execution provider; `threads` intra-op threads (default: ONNX
+    Runtime's, one per physical core)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RunError("ONNX Runtime is not installed: pip install onnxruntime (requirements.txt)") from None
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        # Timed in turns with PyTorch: idle threads that spin after a run would take the next turn's cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 @torch.no_grad()

@@ -1,8 +1,11 @@
 """Measured latency: eval mode, warm-up, median of repeats; fp32 (and bf16 on CUDA, timed with CUDA
-events); as trained (conv+BN) and in the BN-fused deploy form. Used by benchmarks/bench_latency.py and
-by the comparison of the four methods."""
+events); as trained (conv+BN) and in the BN-fused deploy form; optionally the fused form exported to ONNX and
+run in ONNX Runtime, in the same turns. Used by benchmarks/bench_latency.py and by the comparison of the four
+methods."""
 import copy
+import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -11,6 +14,7 @@ from utils.pruning.channel_graph import arch_graph
 from utils.pruning.surgery import fuse_bn
 
 FORMS = ("conv+bn", "fused")
+ORT = "onnxruntime"  # the 4th element of a timing's key when ONNX Runtime, not PyTorch, ran it
 
 
 def _timer(device):
@@ -57,18 +61,58 @@ def deploy_form(model, arch, num_classes=None):
     return fuse_bn(fused, arch_graph(arch, num_classes))
 
 
-def measure(models, arch, size, device, batches=(1, 64), repeats=20, forms=FORMS, num_classes=None, warmup=5):
+class OnnxRuntimeModel(torch.nn.Module):
+    """An ONNX Runtime session as a module (CPU tensors in and out, fp32), so interleaved_ms times it in turns
+    with PyTorch models on the same input."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+
+    def forward(self, x):
+        from .export import INPUT, OUTPUT
+
+        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: x.numpy()})[0])
+
+
+def onnx_runtime_models(models, arch, num_classes=None, threads=None):
+    """{name: OnnxRuntimeModel} of each model's BN-fused form, exported to ONNX (utils/tools/export.py) and
+    loaded in ONNX Runtime's CPU execution provider with `threads` intra-op threads (default: PyTorch's
+    torch.get_num_threads(), so both engines get the same cores)."""
+    from .export import export_onnx, onnx_session  # export.py imports this module
+
+    threads = threads or torch.get_num_threads()
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:  # a session holds its model in memory: the files can go
+        for i, (k, m) in enumerate(models.items()):
+            path = os.path.join(folder, f"{i}.onnx")
+            export_onnx(m, arch, path, num_classes)
+            out[k] = OnnxRuntimeModel(onnx_session(path, threads))
+    return out
+
+
+def measure(models, arch, size, device, batches=(1, 64), repeats=20, forms=FORMS, num_classes=None, warmup=5,
+            onnx=False):
     """{name: {(form, dtype, batch): median ms}} for {name: model} of one arch, timed interleaved, in the
-    conv+BN and BN-fused forms; bf16 too on CUDA."""
+    conv+BN and BN-fused forms; bf16 too on CUDA. With `onnx` (CPU only), also {("fused", "float32", batch,
+    ORT): median ms}: the fused form in ONNX Runtime, timed in the same turns as PyTorch's fused fp32 passes."""
     device = torch.device(device)
+    if onnx and (device.type != "cpu" or "fused" not in forms):
+        raise ValueError(f"ONNX Runtime is timed on the CPU, beside PyTorch's fused form: give device cpu (not "
+                         f"{device}) and the fused form (forms: {', '.join(forms)})")
     by_form = {"conv+bn": models}
     if "fused" in forms:
         by_form["fused"] = {k: deploy_form(m, arch, num_classes) for k, m in models.items()}
+    ort = onnx_runtime_models(by_form["fused"], arch, num_classes) if onnx else {}
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     out = {k: {} for k in models}
     for form in forms:
         for dt in dtypes:
+            dtype = str(dt).removeprefix("torch.")
+            turns = {(k, form): m for k, m in by_form[form].items()}
+            if form == "fused" and dtype == "float32":
+                turns.update({(k, ORT): m for k, m in ort.items()})
             for b in batches:
-                for k, ms in interleaved_ms(by_form[form], b, size, device, dt, warmup, repeats).items():
-                    out[k][(form, str(dt).removeprefix("torch."), b)] = ms
+                for (k, engine), ms in interleaved_ms(turns, b, size, device, dt, warmup, repeats).items():
+                    out[k][(form, dtype, b) + ((ORT,) if engine == ORT else ())] = ms
     return out

@@ -2,9 +2,10 @@
 
 Trains a base network (src20 on the embedded cifar10-mini by default: 5,000 training images and the whole
 10,000-image test set), prunes it with ResRep, C-SGD, AOFP and SFP to the same fraction of its MACs
-(`--macs-target`, each as close as it allows, all on the internal layers), runs the baselines at the same
-MACs and epochs (L1 pruning + fine-tune, the narrow net from scratch, the base trained as long), for each
-seed of `--seeds` and each target, reads every network back from its file, evaluates it, times it (BN
+(`--macs-target`, each as close as it allows, all on the internal layers; with `--latency-target F` ResRep
+aims at F of the base's latency instead, predicted by a per-layer table measured on the device), runs the
+baselines at the same MACs and epochs (L1 pruning + fine-tune, the narrow net from scratch, the base trained
+as long), for each seed of `--seeds` and each target, reads every network back from its file, evaluates it, times it (BN
 fused) and writes under the output folder (default compare_models/{arch}_{data}/):
 
     comparison.md    the table (mean ± std over seeds, n), which method beats which baseline, the commands
@@ -12,7 +13,8 @@ fused) and writes under the output folder (default compare_models/{arch}_{data}/
     speedup.png      the measured speed-up against MACs
     comparison.json  every run's numbers, the table's rows, the settings and the command of each stage
     base/            the base;  {resrep,csgd,aofp,sfp,l1,scratch}/macs{T}-seed{S}/, base+/seed{S}/: each stage
-    onnx/            with --onnx: every network as ONNX (BN fused), checked in ONNX Runtime
+    onnx/            with --onnx: every network as ONNX (BN fused), checked in ONNX Runtime (and timed there:
+                     the table's ORT columns)
 
 Budgets: `demo` (default on cifar10-mini and synthetic: minutes on a laptop CPU), `paper` (default
 otherwise: each method's own recipe, e.g. `--data cifar10 -a src56`), `study` (full CIFAR-10, see the
@@ -44,7 +46,7 @@ from utils.command import run_main
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
 from utils.tools.compare import EXACT_TOL, aggregate, report_markdown, verdicts
-from utils.tools.latency import measure
+from utils.tools.latency import ORT, measure
 from utils.tools.plots import plot_accuracy, plot_speedup
 from utils.tools.store import model_from_hdf5, read_attrs
 from utils.training.cli import base_weights
@@ -89,6 +91,10 @@ def parse(argv=None):
     p.add_argument("--data-root", help="dataset folder or archive (cifar10, imagenet)")
     p.add_argument("--macs-target", default="0.5",
                    help="fraction of the base MACs to keep, or a comma list for a curve, e.g. 0.3,0.5,0.7 (default 0.5)")
+    p.add_argument("--latency-target", metavar="F",
+                   help="ResRep aims at F of the base's latency (batch 64 on --device, predicted by a per-layer table "
+                        "measured once and cached) instead of the MACs target; one F per --macs-target value, its row "
+                        "stays at that MACs target. The other methods and baselines still aim at --macs-target")
     p.add_argument("--budget", choices=BUDGETS, help="demo on cifar10-mini/synthetic, paper otherwise")
     p.add_argument("--groups", choices=GROUP_CHOICES, default="internal",
                    help="channel groups every method and baseline prunes: internal (one conv, one consumer; "
@@ -105,13 +111,19 @@ def parse(argv=None):
     p.add_argument("-o", "--output", help="folder for everything (default compare_models/{arch}_{data})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="the base's seed (and the stages' without --seeds)")
-    p.add_argument("--onnx", action="store_true", help="also export every network as ONNX and check it in ONNX Runtime")
+    p.add_argument("--onnx", action="store_true",
+                   help="also export every network as ONNX, check it in ONNX Runtime and time it there (CPU)")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed passes per latency (median)")
     args = p.parse_args(argv)
     get_arch(args.arch)
     args.macs_targets = numbers(args.macs_target, "--macs-target")
     if not args.macs_targets or not all(0 < t < 1 for t in args.macs_targets):
         raise ValueError(f"--macs-target {args.macs_target}: every fraction of the MACs to keep must be in (0, 1)")
+    args.latency_targets = None if args.latency_target is None else numbers(args.latency_target, "--latency-target")
+    if args.latency_targets is not None and (len(args.latency_targets) != len(args.macs_targets)
+                                             or not all(0 < t <= 1 for t in args.latency_targets)):
+        raise ValueError(f"--latency-target {args.latency_target}: one fraction of the latency in (0, 1] per "
+                         f"--macs-target value ({len(args.macs_targets)})")
     args.seeds = numbers(args.seeds, "--seeds", int) if args.seeds is not None else [args.seed]
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds {','.join(map(str, args.seeds))}: give distinct seeds")
@@ -196,11 +208,17 @@ class Stages:
         a = self.args
         out = os.path.join(a.output, entry.name, f"macs{target:g}-seed{seed}" if entry.per_target else f"seed{seed}")
         flags, setting = entry.aim(a.arch, target, a.groups, a.round_to)
+        aim = f" at {target:.0%}" if entry.per_target else ""
+        if a.latency_targets is not None and entry.aim_latency is not None and entry.per_target:
+            latency = a.latency_targets[a.macs_targets.index(target)]  # instead of the MACs target (ResRep)
+            out = os.path.join(a.output, entry.name, f"latency{latency:g}-seed{seed}")
+            flags, setting = entry.aim_latency(a.arch, latency, a.groups, a.round_to)
+            aim = f" at {latency:.0%} of the latency"
         shape = ["--groups", a.groups, *(["--round-to", str(a.round_to)] if a.round_to > 1 else [])]
         argv = ["-a", a.arch, *(["--init", base] if entry.from_base else []), *flags,
                 *(shape if entry.groups else []), "-o", out, *self.common, "--seed", str(seed),
                 *QUIET.get(a.budget, []), *entry.budgets.get(a.budget, []), *a.extra.get(entry.name, [])]
-        label = f"{entry.label}" + (f" at {target:.0%}" if entry.per_target else "") + f", seed {seed}"
+        label = f"{entry.label}{aim}, seed {seed}"
         self.run(out, label, entry.script, argv, os.path.join(out, entry.done), entry.main)
         result = {"name": entry.name, "label": entry.label, "target": target if entry.per_target else None,
                   "seed": seed, "baseline": entry.baseline, "before_top1": None, "logit_diff": None,
@@ -245,15 +263,23 @@ def key(row):
     return row["name"] if row["name"] == "base" else f"{row['name']}@{row['target']}#{row['seed']}"
 
 
-def add_latency(rows, models, arch, device, repeats):
-    """Time every network's deploy form, all in turns, and the speed-ups over the base."""
-    ms = measure(models, arch, get_arch(arch).input_size, device, (1, 64), repeats, forms=("fused",))
+def add_latency(rows, models, arch, device, repeats, onnx=False):
+    """Time every network's deploy form, all in turns, and the speed-ups over the base; with `onnx`, in ONNX
+    Runtime too (`ort_*`), in the same turns as PyTorch on the CPU."""
+    size, cpu = get_arch(arch).input_size, device.type == "cpu"
+    ms = measure(models, arch, size, device, (1, 64), repeats, forms=("fused",), onnx=onnx and cpu)
+    if onnx and not cpu:  # ONNX Runtime's CPU execution provider: timed on the CPU, in turns with PyTorch there
+        for name, on_cpu in measure(models, arch, size, "cpu", (1, 64), repeats, forms=("fused",), onnx=True).items():
+            ms[name].update({k: v for k, v in on_cpu.items() if k[3:] == (ORT,)})
     base = ms["base"]
     for row in rows:
         t = ms[key(row)]
         row.update(latency_b1=t[("fused", "float32", 1)], latency_b64=t[("fused", "float32", 64)],
                    speedup_b1=base[("fused", "float32", 1)] / t[("fused", "float32", 1)],
                    speedup_b64=base[("fused", "float32", 64)] / t[("fused", "float32", 64)])
+        for b in (1, 64) if onnx else ():
+            k = ("fused", "float32", b, ORT)
+            row.update({f"ort_latency_b{b}": t[k], f"ort_speedup_b{b}": base[k] / t[k]})
 
 
 def export_all(rows, arch, folder, val):
@@ -284,7 +310,7 @@ def measure_all(args, base, results, device):
         row, model = evaluated_row(result, arch, val, device, base_macs, base_params)
         rows.append(row)
         models[key(row)] = model
-    add_latency(rows, models, arch, device, args.latency_repeats)
+    add_latency(rows, models, arch, device, args.latency_repeats, args.onnx)
     if args.onnx:
         export_all(rows, arch, os.path.join(args.output, "onnx"), val)
     return rows, val.dataset_size
@@ -309,6 +335,7 @@ def main(argv=None):
 def write_outputs(args, runs, rows, commands, device, test_images, seconds):
     settings = {"arch": args.arch, "data": args.data, "budget": args.budget, "macs_targets": args.macs_targets,
                 "seeds": args.seeds, "test_images": test_images, "groups": args.groups, "round_to": args.round_to,
+                "latency_targets": args.latency_targets,  # ResRep's, one per MACs target, when given
                 "latency": f"{device}, {torch.get_num_threads()} threads, fp32, median of {args.latency_repeats}",
                 "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(seconds, 1), "torch": torch.__version__}
     notes = list(dict.fromkeys(r["note"] for r in rows if r.get("note")))

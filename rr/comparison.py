@@ -1,10 +1,12 @@
-"""What ResRep tells the comparison (compare_methods.py): it meets a MACs target by itself."""
+"""What ResRep tells the comparison (compare_methods.py): it meets a MACs target by itself, or (the comparison's
+--latency-target) a fraction of the base's latency predicted by a per-layer table measured on the device."""
 from rr import exp_resrep
 from utils.tools.compare import Entry
 
 ENTRY = Entry(
     "resrep", "ResRep", "rr/exp_resrep.py", exp_resrep.main,
     aim=lambda arch, target, groups, round_to=1: (["--flops-target", f"{target:g}"], None),
+    aim_latency=lambda arch, target, groups, round_to=1: (["--latency-target", f"{target:g}"], f"latency {target:g}"),
     budgets={
         # src20 on cifar10-mini, 6 epochs: masks from step 39, 32 more rows every 10 steps (the target is met
         # near step 100), and lr 0.03 so the masked rows decay in 6 epochs rather than 480
@@ -19,5 +21,17 @@ ENTRY = Entry(
     },
     note=lambda conversion, setting: (
         "ResRep: logit diff against the trained net with its masked compactor rows zeroed; the largest norm "
-        f"among the pruned rows was {conversion['pruned_row_norm']:.3g} (it decays to 0 over a full run)."),
+        f"among the pruned rows was {conversion['pruned_row_norm']:.3g} (it decays to 0 over a full run)."
+        + latency_note(conversion.get("latency"))),
 )
+
+
+def latency_note(latency):
+    """The footnote's words on a --latency-target run (the other methods aim at the MACs target)."""
+    if not latency:
+        return ""
+    measured = latency.get("measured_speedup")
+    return (f" It aimed at {latency['target']:g} of the base's latency at batch {latency['batch']} on "
+            f"{latency['device']} (per-layer table), not at the MACs target of its row, which the other methods aim "
+            f"at: predicted speed-up {latency['predicted_speedup']:.2f}x"
+            + (f", measured {measured:.2f}x at its conversion." if measured is not None else "."))

@@ -12,16 +12,21 @@ only rows actually masked (not the skipped ones), and every group's mask is rebu
 
 MACs are kept up to date incrementally: narrowing one group changes only the layers that read or
 write it, so each step costs a few multiplications instead of a full recount.
+
+With a latency target (`--latency-target`) the walk is the same, but each masked row is charged its
+predicted latency instead of its MACs (LatencyCounter: the layers' costs read from a per-layer latency
+table measured on this machine, utils/tools/latency_table.py), and it stops at the target fraction of the
+base's predicted latency.
 """
 import math
 
 import torch
 
-from utils.pruning.flops import count, layer_macs
+from utils.pruning.flops import layer_macs
 
 
 class MacsCounter:
-    """MACs of a model as group widths shrink one channel at a time."""
+    """MACs of a model as group widths shrink one channel at a time (`total`, also `macs`)."""
 
     def __init__(self, graph, widths):
         self.widths = dict(widths)
@@ -29,39 +34,66 @@ class MacsCounter:
         for lc in graph.layers:
             for gid in {lc.in_group, lc.out_group} - {None}:
                 self.touching[gid].append(lc)
-        self.macs = sum(layer_macs(lc, self.widths) for lc in graph.layers)
+        self.total = sum(self.layer_cost(lc) for lc in graph.layers)
+
+    @property
+    def macs(self):
+        return self.total
+
+    def layer_cost(self, lc):
+        return layer_macs(lc, self.widths)
 
     def saving(self, gid):
-        """MACs saved by removing one channel of group `gid` at the current widths."""
-        before = sum(layer_macs(lc, self.widths) for lc in self.touching[gid])
+        """Cost saved by removing one channel of group `gid` at the current widths."""
+        before = sum(self.layer_cost(lc) for lc in self.touching[gid])
         self.widths[gid] -= 1
-        after = sum(layer_macs(lc, self.widths) for lc in self.touching[gid])
+        after = sum(self.layer_cost(lc) for lc in self.touching[gid])
         self.widths[gid] += 1
         return before - after
 
     def remove_one(self, gid):
-        self.macs -= self.saving(gid)
+        self.total -= self.saving(gid)
         self.widths[gid] -= 1
 
 
+class LatencyCounter(MacsCounter):
+    """Predicted latency (ms) of a model as group widths shrink: each conv and linear charged the cost that a
+    LatencyTable (utils/tools/latency_table.py) interpolates for its widths."""
+
+    def __init__(self, graph, widths, table):
+        self.table = table
+        super().__init__(graph, widths)
+
+    def layer_cost(self, lc):
+        return self.table.layer_ms(lc, self.widths)
+
+
 def select_masks(graph, base_deps, norms, masked_now, flops_target, begin_granularity=4, num_at_least=1,
-                 round_to=1):
+                 round_to=1, latency_table=None, latency_target=None):
     """New masks: {group id: sorted channel indices to mask}.
 
     graph: the ChannelGraph (group widths at `base_deps`); norms: {group id: 1-D tensor of row norms}
     for the pruned groups; masked_now: {group id: number of rows masked now}. The cap of
-    `begin_granularity` more rows always lets one move of `round_to` rows through.
+    `begin_granularity` more rows always lets one move of `round_to` rows through. With `latency_target`
+    (and its `latency_table`), the walk stops at that fraction of the base's predicted latency instead of
+    `flops_target` of its MACs (then unused).
     """
     if num_at_least < 1:
         raise ValueError(f"num_at_least must be at least 1 (a group cannot lose every channel), got {num_at_least}")
     if round_to < 1:
         raise ValueError(f"round_to must be at least 1 (1: any width), got {round_to}")
+    if latency_target is None:
+        counter_at, fraction = (lambda widths: MacsCounter(graph, widths)), flops_target
+    elif latency_table is None:
+        raise ValueError("a latency target needs the latency table that predicts it")
+    else:
+        counter_at, fraction = (lambda widths: LatencyCounter(graph, widths, latency_table)), latency_target
     base_widths = graph.widths(base_deps)
-    base_macs = count(graph, base_deps)[0]
-    target = flops_target * base_macs
+    counter = counter_at(base_widths)
+    target = fraction * counter.total
     current = {gid: base_widths[gid] - masked_now.get(gid, 0) for gid in norms}
-    cur_macs = count(graph, graph.deps_at(base_deps, current))[0]
-    cap = sum(masked_now.values()) + begin_granularity if cur_macs > target else math.inf
+    cap = sum(masked_now.values()) + begin_granularity if counter_at({**base_widths, **current}).total > target \
+        else math.inf
 
     gids = list(norms)
     values = torch.cat([norms[g].detach().double().cpu().flatten() for g in gids])
@@ -70,12 +102,11 @@ def select_masks(graph, base_deps, norms, masked_now, flops_target, begin_granul
     order = torch.argsort(values, stable=True).tolist()
     owner, channel = owner.tolist(), channel.tolist()
 
-    counter = MacsCounter(graph, base_widths)
     chosen, waiting = {g: [] for g in gids}, {g: [] for g in gids}
     fewest = max(num_at_least, round_to)
     n = 0
     for k in order:
-        if counter.macs <= target or n >= cap:
+        if counter.total <= target or n >= cap:
             break
         gid = gids[owner[k]]
         move = counter.widths[gid] % round_to or round_to

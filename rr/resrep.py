@@ -29,18 +29,27 @@ class ResRepConfig:
     begin_granularity: int = 4  # at most this many more rows masked per update, until the target is met
     num_at_least: int = 1  # never mask a group below this many channels
     round_to: int = 1  # unmasked widths in multiples of this (--round-to)
+    latency_target: float | None = None  # predicted latency to keep, as a fraction of the base's; replaces
+    # flops_target (then None), the latency read from a per-layer table measured on the run's device
+    latency_batch: int = 64  # the batch size the latency table is measured at
 
 
 def check_config(cfg):
     """Refuse a setting out of range with one line naming its flag."""
     lows = (("mask_interval", 1), ("begin_granularity", 1), ("num_at_least", 1), ("before_mask_iters", 0),
-            ("round_to", 1))
+            ("round_to", 1), ("latency_batch", 1))
     for name, low in lows:
         if not getattr(cfg, name) >= low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
     if not cfg.lasso_strength >= 0:
         raise ValueError(f"--lasso-strength must not be negative, got {cfg.lasso_strength}")
-    if not 0 < cfg.flops_target <= 1:
+    if cfg.latency_target is not None:
+        if cfg.flops_target is not None:
+            raise ValueError("--latency-target and --flops-target exclude each other: give one target")
+        if not 0 < cfg.latency_target <= 1:
+            raise ValueError(f"--latency-target is the fraction of the base's latency to keep, in (0, 1]; got "
+                             f"{cfg.latency_target}")
+    elif cfg.flops_target is None or not 0 < cfg.flops_target <= 1:
         raise ValueError(f"--flops-target is the fraction of MACs to keep, in (0, 1]; got {cfg.flops_target}")
     return cfg
 
@@ -58,11 +67,16 @@ def reset_gradients(groups, lasso_strength):
 
 
 class ResRepHook(Hook):
-    """Gradient resetting and mask selection for a model whose compactors are `groups`."""
+    """Gradient resetting and mask selection for a model whose compactors are `groups`; with a latency target,
+    `latency_table` (utils/tools/latency_table.py) predicts the latency of any widths."""
 
-    def __init__(self, graph, base_deps, groups, cfg):
+    def __init__(self, graph, base_deps, groups, cfg, latency_table=None):
         self.graph, self.base_deps, self.groups, self.cfg = graph, list(base_deps), groups, check_config(cfg)
+        if cfg.latency_target is not None and latency_table is None:
+            raise ValueError("a ResRep latency target needs a latency table")
+        self.latency_table = latency_table
         self.base_macs = count(graph, base_deps)[0]
+        self.base_ms = None if latency_table is None else latency_table.predict(graph, base_deps)
         self.updates = 0
         self.reached_at = None  # first step whose masks met the target
 
@@ -82,6 +96,10 @@ class ResRepHook(Hook):
         widths = {pg.id: pg.group.width - len(pg.masked()) for pg in self.groups}
         return self.graph.deps_at(self.base_deps, widths)
 
+    def latency_ratio(self, deps):
+        """Predicted latency of `deps` as a fraction of the base's (None without a latency table)."""
+        return None if self.latency_table is None else self.latency_table.predict(self.graph, deps) / self.base_ms
+
     def update_masks(self, trainer=None):
         """Choose the masks on rank 0 (the weights are the same on every rank) and send them to all."""
         c = self.cfg
@@ -90,24 +108,31 @@ class ResRepHook(Hook):
             norms = {pg.id: pg.norms() for pg in self.groups}
             masked_now = {pg.id: len(pg.masked()) for pg in self.groups}
             chosen = select_masks(self.graph, self.base_deps, norms, masked_now, c.flops_target,
-                                  c.begin_granularity, c.num_at_least, c.round_to)
+                                  c.begin_granularity, c.num_at_least, c.round_to, self.latency_table,
+                                  c.latency_target)
         chosen = broadcast_object(chosen)
         for pg in self.groups:
             pg.set_masked(chosen[pg.id])
         self.updates += 1
         deps = self.masked_deps()
-        ratio = count(self.graph, deps)[0] / self.base_macs
+        ratio, latency = count(self.graph, deps)[0] / self.base_macs, self.latency_ratio(deps)
         n = sum(len(v) for v in chosen.values())
         if trainer is not None:
             step = trainer.step
-            trainer.log.scalars(step, **{"resrep/masked": n, "resrep/macs_ratio": ratio})
-            if self.reached_at is None and ratio <= c.flops_target:
+            trainer.log.scalars(step, **{"resrep/masked": n, "resrep/macs_ratio": ratio},
+                                **({} if latency is None else {"resrep/latency_ratio": latency}))
+            if latency is None:
+                met, kind, target, now, also = ratio <= c.flops_target, "MACs", c.flops_target, f"{ratio:.4f}", ""
+            else:
+                met, kind, target = latency <= c.latency_target, "latency", c.latency_target
+                now, also = f"predicted latency {latency:.4f}", f", MACs {ratio:.4f} of base"
+            if self.reached_at is None and met:
                 self.reached_at = step
-                trainer.log.log(f"step {step}: MACs target {c.flops_target} met with {n} rows masked "
-                                f"({ratio:.4f} of base); unmasked deps {deps}")
+                trainer.log.log(f"step {step}: {kind} target {target} met with {n} rows masked ({now} of base{also}); "
+                                f"unmasked deps {deps}")
             elif self.updates == 1 or self.updates % 50 == 0:
                 trainer.log.log(f"step {step}: mask update {self.updates}: {n} rows masked, "
-                                f"MACs {ratio:.4f} of base (target {c.flops_target})")
+                                f"{'MACs ' + now if latency is None else now} of base (target {target}){also}")
         return chosen
 
     def state_dict(self):
@@ -115,7 +140,9 @@ class ResRepHook(Hook):
         return {"updates": self.updates, "reached_at": self.reached_at, "config": asdict(self.cfg)}
 
     def load_state_dict(self, state):
-        old, new = {"round_to": 1, **state.get("config", {})}, asdict(self.cfg)  # runs from before --round-to
+        # runs from before --round-to and --latency-target
+        old = {"round_to": 1, "latency_target": None, "latency_batch": 64, **state.get("config", {})}
+        new = asdict(self.cfg)
         changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
         if changed:
             raise ValueError("the resume checkpoint belongs to a ResRep run with other settings "

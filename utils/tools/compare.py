@@ -31,11 +31,15 @@ class Entry:
     groups: bool = True  # takes --groups
     per_target: bool = True  # runs once per MACs target (base+ does not prune: once per seed)
     baseline: bool = False  # a baseline row rather than a method
+    # (arch, latency_target, groups, round_to) -> (flags, setting): how it aims at a fraction of the base's
+    # latency instead, under the comparison's --latency-target (ResRep); None: it aims at the MACs target
+    aim_latency: Callable | None = None
 
 
 # --- runs over seeds ------------------------------------------------------------------------------
 MEAN_KEYS = ("before_top1", "converted_top1", "final_top1", "macs", "macs_ratio", "params", "latency_b1",
              "latency_b64", "speedup_b1", "speedup_b64")
+ORT_KEYS = ("ort_latency_b1", "ort_latency_b64", "ort_speedup_b1", "ort_speedup_b64")  # with --onnx: ONNX Runtime's
 
 
 def aggregate(runs):
@@ -48,7 +52,7 @@ def aggregate(runs):
     for (name, target), rs in groups.items():
         row = {"name": name, "label": rs[0]["label"], "target": target, "n": len(rs), "seeds": [r.get("seed") for r in rs],
                "note": rs[0].get("note"), "baseline": rs[0].get("baseline", False)}
-        for k in MEAN_KEYS:
+        for k in MEAN_KEYS + tuple(k for k in ORT_KEYS if k in rs[0]):
             values = [r[k] for r in rs if r.get(k) is not None]
             row[k] = statistics.fmean(values) if values else None
             row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else None
@@ -116,6 +120,8 @@ COLUMNS = [  # (header, key, format); a mean over seeds shows its std
     ("max logit diff", "logit_diff", "{:.2g}"),
     ("exact", "exact", "{}"),
 ]
+ORT_COLUMNS = [("ORT latency b1 ms", "ort_latency_b1", "{:.2f}"), ("ORT latency b64 ms", "ort_latency_b64", "{:.1f}"),
+               ("ORT speed-up b64", "ort_speedup_b64", "{:.2f}x")]
 WITH_STD = ("before_top1", "converted_top1", "final_top1")
 
 
@@ -131,7 +137,10 @@ def cell(row, key, fmt):
 
 
 def markdown_table(rows, onnx=False):
-    columns = COLUMNS + ([("ONNX Runtime diff", "onnx_diff", "{:.2g}")] if onnx else [])
+    columns = COLUMNS
+    if onnx:  # ONNX Runtime's latency beside PyTorch's, its logit check last
+        at = [k for _, k, _ in COLUMNS].index("speedup_b64") + 1
+        columns = COLUMNS[:at] + ORT_COLUMNS + COLUMNS[at:] + [("ONNX Runtime diff", "onnx_diff", "{:.2g}")]
     lines = ["| " + " | ".join(h for h, _, _ in columns) + " |",
              "|" + "|".join("---" if k == "label" else "---:" for _, k, _ in columns) + "|"]
     for row in rows:
@@ -160,6 +169,10 @@ def report_markdown(rows, settings, notes, commands, onnx=False):
              f"{EXACT_TOL:g}.",
              "- *latency*: the BN-fused network, fp32, eval mode, median of repeats, every network timed in turns; "
              "speed-up over the base in the same form.", ""]
+    if onnx:
+        lines.insert(-1, "- *ORT latency*: the same BN-fused networks exported to ONNX and run in ONNX Runtime (CPU "
+                         "execution provider, fp32, as many intra-op threads as PyTorch's), timed in the same turns as "
+                         "PyTorch's passes on the CPU; speed-up over the base in ONNX Runtime.")
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Commands of each stage", "", *[f"    {c}" for c in commands], ""]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ FORMS = ("conv+bn", "fused")
 ORT = "onnxruntime"  # the 4th element of a timing's key when ONNX Runtime, not PyTorch, ran it
 
 
-def _timer(device):
+def ms_timer(device):
     """A function that runs fn() once and returns its milliseconds (CUDA events on CUDA)."""
     if device.type == "cuda":
         def run(fn):
@@ -43,7 +43,7 @@ def interleaved_ms(models, batch, size, device, dtype=torch.float32, warmup=5, r
     models = {k: m.to(device).eval() for k, m in models.items()}
     x = torch.randn(batch, 3, size, size, device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16 and device.type == "cuda")
-    timer, times = _timer(device), {k: [] for k in models}
+    timer, times = ms_timer(device), {k: [] for k in models}
     with amp:
         for i in range(warmup + repeats):
             for k, m in models.items():

@@ -34,7 +34,7 @@ from utils.atomic import write_json
 from utils.command import run_main
 from utils.pruning.channel_graph import arch_graph_at
 
-from .latency import deploy_form, interleaved_ms
+from .latency import deploy_form, interleaved_ms, ms_timer
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "pruning-data", "latency")
 GRID = 8  # grid points per width that can shrink
@@ -120,31 +120,13 @@ def layer_input(s, cin, batch, device):
     return torch.randn(shape, device=device)
 
 
-def _timer(device):
-    """fn -> milliseconds of one call (CUDA events on CUDA)."""
-    if device.type == "cuda":
-        def run(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            return start.elapsed_time(end)
-    else:
-        def run(fn):
-            t0 = time.perf_counter()
-            fn()
-            return 1000 * (time.perf_counter() - t0)
-    return run
-
-
 @torch.no_grad()
 def measure_shape(s, batch, device, repeats=REPEATS, warmup=WARMUP):
     """{"cin": grid, "cout": grid, "ms": [[median ms]]} of one shape: the grid points take turns, pass by pass."""
     cins, couts = grid(s["cin"], s["vary_in"]), grid(s["cout"], s["vary_out"])
     layers = {(i, o): make_layer(s, i, o).to(device).eval() for i in cins for o in couts}
     inputs = {i: layer_input(s, i, batch, device) for i in cins}
-    timer, times = _timer(device), {p: [] for p in layers}
+    timer, times = ms_timer(device), {p: [] for p in layers}
     for r in range(warmup + repeats):
         for (i, o), layer in layers.items():
             t = timer(lambda: layer(inputs[i]))

@@ -138,3 +138,15 @@ def test_the_comparison_takes_groups_and_round_to():
     assert all(r is not None for r in ratios.values())
     with pytest.raises(ValueError, match="--round-to 0"):
         compare_methods.parse(["--round-to", "0"])
+
+
+def test_the_report_says_which_groups_alignment_and_latency_target():
+    from utils.tools.compare import report_markdown
+
+    settings = {"arch": "src20", "data": "synthetic", "macs_targets": [0.5], "budget": "smoke", "test_images": 100,
+                "seeds": [0], "latency": "cpu", "date": "today", "groups": "all", "round_to": 8,
+                "latency_targets": [0.6]}
+    header = report_markdown([], settings, [], []).splitlines()[2]
+    assert "groups pruned: all, widths in multiples of 8" in header and "ResRep aimed at 60%" in header
+    plain = report_markdown([], {**settings, "groups": "internal", "round_to": 1, "latency_targets": None}, [], [])
+    assert "groups pruned: internal;" in plain and "multiples" not in plain and "aimed at" not in plain

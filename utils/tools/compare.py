@@ -156,6 +156,8 @@ def report_markdown(rows, settings, notes, commands, onnx=False):
              f"Budget `{settings['budget']}`; {settings['test_images']:,} test images; seeds {settings['seeds']} "
              f"(n per row); groups pruned: {settings.get('groups', 'internal')}"
              + (f", widths in multiples of {settings['round_to']}" if settings.get("round_to", 1) > 1 else "")
+             + ("; ResRep aimed at " + ", ".join(f"{t:.0%}" for t in settings["latency_targets"]) + " of the base's "
+                "predicted latency instead of the MACs target of its row" if settings.get("latency_targets") else "")
              + f"; latency: {settings['latency']}; written {settings['date']}.", "",
              *markdown_table(rows, onnx), "", "## What the numbers say", "",
              *[f"- {v}" for v in verdicts(rows)], "",

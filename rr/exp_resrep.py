@@ -21,17 +21,12 @@ if not __package__:  # run as a file, not as a module: the repository root goes 
 import os
 from dataclasses import asdict, fields
 
-import torch
-
 from rr.compactor import compactor_rule, insert_compactors
 from rr.convert import decide
+from rr.latency_target import latency_table_for, target_lines, with_latency
 from rr.resrep import ResRepConfig, ResRepHook, check_config
 from utils.command import run_main
-from utils.tools.latency import deploy_form, interleaved_ms
-from utils.tools.latency_table import latency_table
-from utils.tools.store import model_from_hdf5
 from utils.training import skeleton
-from utils.training.dist import broadcast_object
 from utils.training.engine import EvaluateStart
 
 # The original recipes (specs/resrep.md 2.4): SGD momentum 0.9 (compactors 0.99, no weight decay),
@@ -45,7 +40,6 @@ RECIPES = {
 }
 BEFORE_MASK_EPOCHS = 5  # no masks in the first 5 epochs: 5*50000//64 = 3906 steps for src56
 DEFAULTS = ResRepConfig()
-SPEEDUP_REPEATS = 20  # timed passes (median) of the base and the converted net after conversion
 
 
 def parse(argv=None):
@@ -90,68 +84,20 @@ def prepare(run):
     rcfg = resrep_config(args, flops_target=recipe["flops_target"],
                          before_mask_iters=BEFORE_MASK_EPOCHS * run.train.dataset_size // run.cfg.batch_size)
     run.cfg.extra["resrep"] = asdict(rcfg)
-    table = None
-    if rcfg.latency_target is not None:  # measured (or read from the cache) on rank 0, the same table everywhere
-        table = broadcast_object(latency_table(args.arch, rcfg.latency_batch, run.ctx.device, run.model.deps,
-                                               run.num_classes) if run.ctx.is_main else None)
+    table = latency_table_for(run, rcfg)
     hook = ResRepHook(run.graph, run.model.deps, groups, rcfg, table)
     lines = [f"ResRep on {args.arch} from {run.init}: {sum(pg.group.width for pg in groups)} channels in {len(groups)} "
-             f"groups ({args.groups}) carry compactors; {', '.join(f'{k} {v}' for k, v in asdict(rcfg).items())}"]
-    if table is not None:
-        fewest = max(rcfg.num_at_least, rcfg.round_to)
-        floor = hook.latency_ratio(run.graph.deps_at(run.model.deps, {pg.id: min(pg.group.width, fewest)
-                                                                      for pg in groups}))
-        lines.append(f"latency target {rcfg.latency_target} of the base's latency at batch {rcfg.latency_batch} on "
-                     f"{run.ctx.device}, predicted {hook.base_ms:.2f} ms for the base by the per-layer table "
-                     f"{table.path} (the sum of its convs and linears: a ranking model; re-measure with "
-                     f"`{table.command}`); every pruned group at {fewest} channel(s) would be {floor:.4f} of it")
-        if floor > rcfg.latency_target:  # e.g. a small net on a GPU at a small batch: launch-bound, not MAC-bound
-            lines.append(f"warning: latency target {rcfg.latency_target} is out of reach: even the narrowest net the "
-                         f"masks can make is predicted at {floor:.4f} of the base's latency, so the masks will squeeze "
-                         "every pruned group to its floor; choose a larger target or --latency-batch")
+             f"groups ({args.groups}) carry compactors; {', '.join(f'{k} {v}' for k, v in asdict(rcfg).items())}",
+             *target_lines(run, hook, groups)]
     return skeleton.Setup([EvaluateStart("before ResRep (base weights, identity compactors)"), hook],
                           compactor_rule(groups), lines)
-
-
-def decide_run(run):
-    """ResRep's decision (rr/convert.py); with a latency target, the predicted latency ratio of the converted
-    widths goes into the conversion info, and after the proof the converted net is timed against the base."""
-    hook = run.hook
-    plan = decide(run.trainer.model, hook.groups)
-    if hook.latency_table is not None:
-        c, ratio = hook.cfg, hook.latency_ratio(hook.masked_deps())
-        plan.info["latency"] = {"target": c.latency_target, "batch": c.latency_batch, "device": str(run.ctx.device),
-                                "table": hook.latency_table.path, "predicted_base_ms": hook.base_ms,
-                                "predicted_ratio": ratio, "predicted_speedup": 1 / ratio}
-        plan.lines.append(f"predicted latency {ratio:.4f} of the base's (target {c.latency_target})")
-        plan.after = lambda model: measured_speedup(run, model, plan.info["latency"])
-    return plan
-
-
-def measured_speedup(run, converted, predicted):
-    """Plan.after: the converted net and the base (--init), BN fused, fp32, at the latency batch on the run's
-    device, timed in turns (median); rank 0 only, the rank that writes."""
-    if not run.ctx.is_main:
-        return {}, []
-    arch, n, batch = run.args.arch, run.num_classes, predicted["batch"]
-    base = model_from_hdf5(run.init, arch)[0]
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if run.ctx.device.type == "cuda" else []):
-        ms = interleaved_ms({"base": deploy_form(base, arch, n), "converted": deploy_form(converted, arch, n)}, batch,
-                            run.spec.input_size, run.ctx.device, repeats=SPEEDUP_REPEATS)
-    measured = ms["base"] / ms["converted"]
-    info = {**predicted, "base_ms": ms["base"], "converted_ms": ms["converted"], "measured_speedup": measured,
-            "repeats": SPEEDUP_REPEATS}
-    return {"latency": info}, [
-        f"latency at batch {batch} on {run.ctx.device} (BN fused, fp32, median of {SPEEDUP_REPEATS}, in turns): base "
-        f"{ms['base']:.2f} ms, converted {ms['converted']:.2f} ms; predicted speed-up "
-        f"{predicted['predicted_speedup']:.2f}x, measured {measured:.2f}x"]
 
 
 def main(argv=None):
     args = parse(argv)
     skeleton.main(args, RECIPES, os.path.join("resrep_models", f"{args.arch}_train"), name="resrep",
                   label="ResRep", init=check, prepare=prepare,
-                  decide=decide_run)
+                  decide=lambda run: with_latency(run, decide(run.trainer.model, run.hook.groups)))
 
 
 if __name__ == "__main__":

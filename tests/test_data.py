@@ -60,14 +60,14 @@ def epoch_ids(loader, epoch, start=0):
 def test_mini_loads_balanced_real_images(mini):
     train, val = make_loaders("cifar10-mini", "ignored", 100, "cpu", 0, 1, 0, 0)
     assert (train.dataset_size, val.dataset_size, train.num_classes) == (5000, 10000, 10)
-    assert (len(train), len(val), train.num_samples, val.num_samples) == (50, 100, 5000, 10000)
+    assert (len(train), len(val), train.num_samples, val.num_samples) == (50, 40, 5000, 10000)  # eval: 256
     assert train.images.dtype == torch.uint8 and train.images.shape == (5000, 3, 32, 32)
     assert torch.bincount(train.labels).tolist() == [500] * 10
     assert torch.bincount(val.labels).tolist() == [1000] * 10  # the whole CIFAR-10 test set
     assert mini[2] == CIFAR_CLASSES
-    for loader in (train, val):
+    for loader, batch in ((train, 100), (val, data.EVAL_BATCH)):
         images, labels = next(loader.batches())
-        assert images.shape == (100, 3, 32, 32) and images.dtype == torch.float32
+        assert images.shape == (batch, 3, 32, 32) and images.dtype == torch.float32
         assert labels.dtype == torch.int64 and 0 <= labels.min() and labels.max() < 10
         assert -1 <= images.min() < -0.9 and 0.9 < images.max() <= 1
         assert images.std() > 0.2  # real photographs, not a constant
@@ -125,7 +125,7 @@ def test_val_ranks_together_see_the_whole_split(mini, monkeypatch):
     labels = torch.cat([y for l in val for _, y in l.batches()])
     assert labels.numel() == val[0].dataset_size == 10000
     assert torch.bincount(labels).tolist() == [1000] * 10
-    assert [len(y) for _, y in val[0].batches()][-1] == 5000 - 39 * 128  # partial
+    assert [len(y) for _, y in val[0].batches()][-1] == 5000 - 19 * 256  # partial (the eval batch: 256 a rank)
 
 
 def test_crop_is_a_shift_with_zeros_and_flip_mirrors():

@@ -14,13 +14,13 @@ def aim(arch, target, groups, round_to=1):
     return ["--ratio", ratio], ratio
 
 
-# The demo's fine-tuning matches a method's 6 epochs at the methods' lr (src20 on cifar10-mini, batch 64);
+# The demo's fine-tuning matches a method's 3 epochs at the methods' lr (src20 on cifar10-mini, batch 64);
 # the study's a method's 5 epochs on the full CIFAR-10 at batch 128.
-TUNE = {"demo": ["--epochs", "6", "--lr", "0.01", "--schedule", "cosine", "--batch-size", "64"],
+TUNE = {"demo": ["--epochs", "3", "--lr", "0.01", "--schedule", "cosine", "--batch-size", "64"],
         "study": ["--epochs", "5", "--lr", "0.01", "--schedule", "cosine", "--batch-size", "128"],
         "smoke": ["--epochs", "1", "--max-steps", "3"]}
 # the base's recipe in each budget (compare_methods.BASE_BUDGETS), a method's epochs longer
-SCRATCH_EPOCHS = {"demo": ["--epochs", "16"],
+SCRATCH_EPOCHS = {"demo": ["--epochs", "9"],
                   "study": ["--epochs", "30", "--batch-size", "128", "--lr", "0.1", "--schedule", "cosine",
                             "--weight-decay", "5e-4", "--nesterov"],
                   "smoke": TUNE["smoke"]}

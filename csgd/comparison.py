@@ -21,8 +21,8 @@ def aim(arch, target, groups, round_to=1):
 ENTRY = Entry(
     "csgd", "C-SGD", "csgd/do_csgd.py", do_csgd.main, aim,
     budgets={
-        # eps 100x the paper's so clusters collapse in 6 epochs rather than 600
-        "demo": ["--epochs", "6", "--milestones", "4", "--eps", "0.3", "--vector-factor", "1"],
+        # eps 100x the paper's so clusters collapse in 3 epochs rather than 600
+        "demo": ["--epochs", "3", "--milestones", "2", "--eps", "0.3", "--vector-factor", "1"],
         "smoke": ["--epochs", "1", "--max-steps", "3"],
         "study": ["--epochs", "5", "--batch-size", "128", "--milestones", "3", "--eps", "0.3", "--vector-factor", "1"],
     },

@@ -8,9 +8,12 @@ ENTRY = Entry(
     aim=lambda arch, target, groups, round_to=1: (["--flops-target", f"{target:g}"], None),
     aim_latency=lambda arch, target, groups, round_to=1: (["--latency-target", f"{target:g}"], f"latency {target:g}"),
     budgets={
-        # src20 on cifar10-mini, 6 epochs: masks from step 39, 32 more rows every 10 steps (the target is met
-        # near step 100), and lr 0.03 so the masked rows decay in 6 epochs rather than 480
-        "demo": ["--epochs", "6", "--lr", "0.03", "--before-mask-iters", "39", "--mask-interval", "10",
+        # src20 on cifar10-mini, 3 epochs: masks from step 39, 32 more rows every 10 steps (the target is met
+        # near step 100). 234 steps are too few for the masked rows to decay (largest pruned norm about 0.25),
+        # so the converted net loses some of the trained one's accuracy; of nine settings tried, lr 0.1 lost
+        # the least (docs/RESULTS.md: 44.30 trained, 41.05 converted; lr 0.03: 50.14 and 22.12). The study's
+        # 1,950 steps decay them (trained 83.13, converted 83.14).
+        "demo": ["--epochs", "3", "--lr", "0.1", "--before-mask-iters", "39", "--mask-interval", "10",
                  "--begin-granularity", "32", "--lasso-strength", "5e-3"],
         "smoke": ["--epochs", "1", "--max-steps", "3", "--before-mask-iters", "0", "--mask-interval", "1",
                   "--begin-granularity", "1000"],

@@ -34,6 +34,24 @@ def test_csgd_ratio_and_sfp_rate_meet_the_macs_target(arch):
     assert deps == target_deps(arch, graph, Schedule((Fraction(ratio),), "internal", "floor"), 0)
 
 
+@pytest.mark.parametrize("budget", ["demo", "study"])
+def test_every_row_of_a_budget_trains_a_methods_epochs(budget):
+    """Equal budgets, as the baselines' papers compare: each method, L1's fine-tuning and base+ train the same
+    epochs; AOFP's search cap plus its fine-tuning make those epochs; scratch trains the base's plus them."""
+    def epochs(flags, name="--epochs"):
+        return int(flags[len(flags) - 1 - flags[::-1].index(name) + 1]) if name in flags else 0  # the last wins
+
+    entries = compare_methods.ENTRIES
+    method = epochs(entries["resrep"].budgets[budget])
+    assert method > 0
+    for name in ("csgd", "sfp", "l1", "base+"):
+        assert epochs(entries[name].budgets[budget]) == method, name
+    aofp = entries["aofp"].budgets[budget]
+    assert epochs(aofp) + epochs(aofp, "--ft-epochs") == method
+    base = epochs(compare_methods.BASE_BUDGETS[budget])
+    assert epochs(entries["scratch"].budgets[budget]) == base + method
+
+
 SMOKE = ["--budget", "smoke", "--data", "synthetic", "--device", "cpu", "--latency-repeats", "1"]
 
 

@@ -8,7 +8,7 @@ ENTRY = Entry(
     aim=lambda arch, target, groups, round_to=1: (["--flops-target", f"{target:g}"], None),
     budgets={
         # halves of 10 steps rather than 1000, a half is pruned when its damage is below 0.1; a search of at
-        # most 2 epochs (it meets the target near step 135 of 156), then 1 of fine-tuning
+        # most 2 epochs (it met the target at step 118 of 156), then 1 of fine-tuning
         "demo": ["--epochs", "2", "--iters-per-half", "10", "--warmup-iters", "10", "--thresh", "0.1",
                  "--ft-epochs", "1"],
         "smoke": ["--epochs", "1", "--max-steps", "40", "--iters-per-half", "1", "--warmup-iters", "0",

@@ -39,7 +39,8 @@ def test_every_row_of_a_budget_trains_a_methods_epochs(budget):
     """Equal budgets, as the baselines' papers compare: each method, L1's fine-tuning and base+ train the same
     epochs; AOFP's search cap plus its fine-tuning make those epochs; scratch trains the base's plus them."""
     def epochs(flags, name="--epochs"):
-        return int(flags[len(flags) - 1 - flags[::-1].index(name) + 1]) if name in flags else 0  # the last wins
+        given = [int(value) for flag, value in zip(flags, flags[1:]) if flag == name]
+        return given[-1] if given else 0  # the last one wins, as in argparse
 
     entries = compare_methods.ENTRIES
     method = epochs(entries["resrep"].budgets[budget])

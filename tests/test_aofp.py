@@ -167,7 +167,7 @@ def _rank_worker(rank, world, out):
         torch.save({"search": hook.state_dict(), "step": trainer.step}, os.path.join(out, f"rank{rank}.pt"))
 
 
-def test_two_gloo_processes_make_the_same_decisions(tmp_path):
+def test_two_gloo_processes_make_the_same_decisions(tmp_path, precision):
     spawn_ranks(_rank_worker, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["search"]["moves"] and r0["search"]["moves"] == r1["search"]["moves"]

@@ -358,7 +358,7 @@ def _ddp_worker(rank, world, base, out):
                os.path.join(out, f"rank{rank}.pt"))
 
 
-def test_two_gloo_processes_share_clusters_and_weights(base_file, tmp_path):
+def test_two_gloo_processes_share_clusters_and_weights(base_file, tmp_path, precision):
     spawn_ranks(_ddp_worker, base_file, str(tmp_path))
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert a["clusters"] == b["clusters"]

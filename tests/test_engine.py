@@ -10,8 +10,8 @@ from base_model import build_model
 from helpers import gloo_group, spawn_ranks
 from utils.training import dist
 from utils.training.data import make_loaders
-from utils.training.engine import (Hook, NonFiniteLossError, TrainConfig, Trainer, lr_factor, native_bf16,
-                                   param_groups, resolve_amp)
+from utils.training.engine import (NATIVE_BF16_ENV, Hook, NonFiniteLossError, TrainConfig, Trainer, lr_factor,
+                                   native_bf16, param_groups, resolve_amp)
 
 
 class TinyNet(nn.Module):
@@ -131,19 +131,30 @@ def _ddp_worker(rank, world, out):
         torch.save({"state": trainer.model.state_dict(), "metrics": metrics}, os.path.join(out, f"rank{rank}.pt"))
 
 
-def test_two_gloo_processes_equal_one(tmp_path):
+# How close one process and two come after 2 epochs: fp32 to round-off; bf16 to its own resolution (one process
+# sees a batch of 16, each rank 8, and oneDNN's bf16 convolutions round differently per batch size: measured
+# 1.8e-3 on weights of scale 0.35, on native and on AVX2 kernels). Not averaging the ranks' gradients (lr x2)
+# moves the weights by ~1e-1.
+WEIGHT_ATOL = {"fp32": 1e-5, "bf16": 5e-3}
+LOSS_RTOL = {"fp32": 1e-5, "bf16": 1e-3}  # measured in bf16: 1.7e-4
+TOP1_IMAGES = {"fp32": 0, "bf16": 1}  # test images whose prediction may flip
+
+
+def test_two_gloo_processes_equal_one(tmp_path, precision):
     torch.set_num_threads(1)
     one, metrics = tiny_run(tmp_path / "one")
+    assert one.amp == (precision == "bf16")
     os.makedirs(tmp_path / "two")
     spawn_ranks(_ddp_worker, str(tmp_path / "two"))
     r0, r1 = (torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1))
     for k, v in r0["state"].items():
         assert torch.equal(v, r1["state"][k]), k  # DDP keeps the ranks identical
-        assert torch.allclose(v, one.model.state_dict()[k], atol=1e-5), k  # and equal to one process
+        assert torch.allclose(v, one.model.state_dict()[k], atol=WEIGHT_ATOL[precision], rtol=0), k  # = one process
     assert r0["metrics"] == r1["metrics"]
     assert r0["metrics"]["samples"] == metrics["samples"]  # every val sample once, none twice
-    assert r0["metrics"]["top1"] == metrics["top1"]
-    assert math.isclose(r0["metrics"]["loss"], metrics["loss"], rel_tol=1e-5)
+    one_image = 100 / metrics["samples"]
+    assert abs(r0["metrics"]["top1"] - metrics["top1"]) <= TOP1_IMAGES[precision] * one_image + 1e-9
+    assert math.isclose(r0["metrics"]["loss"], metrics["loss"], rel_tol=LOSS_RTOL[precision])
     # only rank 0 writes: the log holds each line once
     assert (tmp_path / "two" / "log.txt").read_text().count("final (step") == 1
 
@@ -176,9 +187,23 @@ def test_bf16_autocast_on_cpu_resumes_bitwise(tmp_path):
     assert not torch.equal(fp32.model.conv.weight, whole.model.conv.weight)  # bf16 changed the arithmetic
 
 
-def test_amp_defaults_to_native_bf16_only():
+def test_amp_defaults_to_native_bf16_only(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.delenv(NATIVE_BF16_ENV, raising=False)
     assert resolve_amp(None, cpu) == native_bf16(cpu) and resolve_amp(True, cpu) and not resolve_amp(False, cpu)
     if os.path.exists("/proc/cpuinfo"):  # the CPU's own word on native bf16
         flags = open("/proc/cpuinfo").read()
         assert native_bf16(cpu) == (" avx512_bf16" in flags or " amx_bf16" in flags)
+
+
+def test_the_environment_makes_any_cpu_behave_as_either_kind(monkeypatch, tmp_path):
+    cpu = torch.device("cpu")
+    for value, native in (("1", True), ("0", False)):
+        monkeypatch.setenv(NATIVE_BF16_ENV, value)
+        assert native_bf16(cpu) is native and resolve_amp(None, cpu) is native
+        assert resolve_amp(not native, cpu) is not native  # --amp / --no-amp still win
+        trainer, _ = tiny_run(tmp_path / value, epochs=1)
+        assert trainer.amp is native
+    monkeypatch.setenv(NATIVE_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match=f"{NATIVE_BF16_ENV}=yes: expected 1"):
+        native_bf16(cpu)

@@ -213,7 +213,7 @@ def _ddp_worker(rank, world, out):
         torch.save({"pruned": hook.pruned, "params": params}, os.path.join(out, f"rank{rank}.pt"))
 
 
-def test_two_gloo_processes_zero_the_same_filters(tmp_path):
+def test_two_gloo_processes_zero_the_same_filters(tmp_path, precision):
     spawn_ranks(_ddp_worker, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["pruned"] == r1["pruned"] and sum(map(len, r0["pruned"].values())) > 0

@@ -22,7 +22,7 @@ def run(args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
+def test_killed_run_resumes_to_the_same_weights(tmp_path, precision):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     p = run([*SMOKE, "-o", str(whole)])
     q = run([*SMOKE, "-o", str(killed)])

@@ -163,11 +163,22 @@ def _autocast(device, amp):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(amp))
 
 
+# PRUNING_NATIVE_BF16=1 makes a CPU answer yes (bf16 by default, emulated where the CPU lacks it: slower, but the
+# same code path as on a bf16-native machine), =0 answers no (fp32 by default). Unset: the CPU decides.
+NATIVE_BF16_ENV = "PRUNING_NATIVE_BF16"
+
+
 def native_bf16(device):
-    """Whether `device` computes bf16 natively: CUDA with bf16 support, a CPU with AVX512-BF16 or AMX.
-    Elsewhere bf16 autocast is emulated and slower than fp32 (14x on an AVX2-only CPU)."""
+    """Whether `device` computes bf16 natively: CUDA with bf16 support, a CPU with AVX512-BF16 or AMX (or as
+    NATIVE_BF16_ENV says). Elsewhere bf16 autocast is emulated and slower than fp32 (14x on an AVX2-only CPU)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    forced = os.environ.get(NATIVE_BF16_ENV, "")
+    if device.type == "cpu" and forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"{NATIVE_BF16_ENV}={forced}: expected 1 (bf16 by default, as a bf16-native CPU), 0 (fp32 "
+                         "by default) or unset (the CPU decides)")
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return device.type == "cpu" and any(check is not None and check() for check in checks)

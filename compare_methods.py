@@ -21,12 +21,11 @@ otherwise: each method's own recipe, e.g. `--data cifar10 -a src56`), `study` (f
 README), `smoke` (a few steps per stage). A finished stage is not redone; an interrupted one resumes
 when the same command is re-run.
 
-This file is orchestration only: what each method or baseline knows (its budget flags, how it meets a
-MACs target, its footnote) is an `Entry` in its package's comparison.py; every stage's result is read
-from the one file layout all of them write (utils/training/skeleton.py); the aggregation over seeds, the
+This file is orchestration only: it iterates the registry (utils/registry.py), where every method and
+baseline is one `Method` (its budget flags, how it meets a MACs target, its footnote); every stage's result is
+read from the one file layout all of them write (utils/training/skeleton.py); the aggregation over seeds, the
 verdicts and the table are utils/tools/compare.py, the plots utils/tools/plots.py.
 """
-import argparse
 import os
 import shlex
 import sys
@@ -34,38 +33,28 @@ import time
 
 import torch
 
-import train_base_model
-from aofp.comparison import ENTRY as AOFP
 from base_model import default_deps, get_arch
-from baselines.comparison import L1, LONGER, SCRATCH
-from csgd.comparison import ENTRY as CSGD
-from rr.comparison import ENTRY as RESREP
-from sfp.comparison import ENTRY as SFP
+from baselines.plain import BASE
 from utils.atomic import write_json, write_text
-from utils.command import run_main
+from utils.command import ArgumentParser, run_main
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
+from utils.registry import REGISTRY, list_methods
 from utils.tools.compare import EXACT_TOL, aggregate, report_markdown, verdicts
+from utils.tools.export import check_onnx, export_onnx
 from utils.tools.latency import ORT, measure
 from utils.tools.plots import plot_accuracy, plot_speedup
 from utils.tools.store import model_from_hdf5, read_attrs
+from utils.training import skeleton
 from utils.training.cli import base_weights
 from utils.training.data import make_loaders
 from utils.training.dist import resolve_device
 from utils.training.engine import evaluate
+from utils.training.method import macs_aim
 from utils.training.skeleton import converted_file
 
-ENTRIES = {e.name: e for e in (RESREP, CSGD, AOFP, SFP, L1, SCRATCH, LONGER)}  # a new row: an Entry, and here
-METHODS = ("resrep", "csgd", "aofp", "sfp")
-BASELINES = ("l1", "scratch", "base+")
 GROUP_CHOICES = ("internal", "all")  # internal: ResRep's and AOFP's choice; all: the residual stream and stem too
-# The base's flags per budget (the others' are in their Entry). `demo` is sized for src20 on cifar10-mini
-# (78 steps of 64 images an epoch) to finish in 12 minutes on a 2-core CPU without native bf16 (fp32): a
-# 6-epoch base, then 3 epochs per method and baseline (9 for scratch); every stage evaluates its 10,000
-# test images once, at its end.
-BASE_BUDGETS = {"paper": [], "demo": ["--epochs", "6"], "smoke": ["--epochs", "1", "--max-steps", "3"],
-                "study": ["--epochs", "25", "--batch-size", "128", "--lr", "0.1", "--schedule", "cosine",
-                          "--weight-decay", "5e-4", "--nesterov"]}
+# Every stage of these budgets evaluates its 10,000 test images once, at its end.
 QUIET = {b: ["--eval-every", "1000", "--eval-last", "0", "--no-eval-start"] for b in ("demo", "study")}
 BUDGETS = ("demo", "paper", "study", "smoke")
 
@@ -86,29 +75,33 @@ def numbers(text, flag, kind=float):
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    methods, baselines = list_methods(), list_methods(baselines=True)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-a", "--arch", default="src20", help="the base network (default %(default)s)")
     p.add_argument("--data", default="cifar10-mini", help="cifar10-mini (embedded; default), cifar10, imagenet, synthetic")
     p.add_argument("--data-root", help="dataset folder or archive (cifar10, imagenet)")
     p.add_argument("--macs-target", default="0.5",
                    help="fraction of the base MACs to keep, or a comma list for a curve, e.g. 0.3,0.5,0.7 (default 0.5)")
     p.add_argument("--latency-target", metavar="F",
-                   help="ResRep aims at F of the base's latency (batch 64 on --device, predicted by a per-layer table "
-                        "measured once and cached) instead of the MACs target; one F per --macs-target value, its row "
-                        "stays at that MACs target. The other methods and baselines still aim at --macs-target")
+                   help="the methods that take one (ResRep) aim at F of the base's latency (batch 64 on --device, "
+                        "predicted by a per-layer table measured once and cached) instead of the MACs target; one F "
+                        "per --macs-target value, its row stays at that MACs target. The others still aim at "
+                        "--macs-target")
     p.add_argument("--budget", choices=BUDGETS, help="demo on cifar10-mini/synthetic, paper otherwise")
     p.add_argument("--groups", choices=GROUP_CHOICES, default="internal",
                    help="channel groups every method and baseline prunes: internal (one conv, one consumer; "
                         "default) or all (the residual-tied groups and the stem too)")
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="every pruned width a multiple of N, in every method and baseline (default 1: any width)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: all four)")
-    p.add_argument("--baselines", default=",".join(BASELINES), help="comma list, or '' for none (default: all three)")
+    p.add_argument("--methods", default=",".join(methods), help=f"comma list (default: {', '.join(methods)})")
+    p.add_argument("--baselines", default=",".join(baselines),
+                   help=f"comma list, or '' for none (default: {', '.join(baselines)})")
     p.add_argument("--seeds", help="comma list: every pruning and baseline stage once per seed (default: --seed)")
     p.add_argument("--extra", action="append", default=[], metavar="STAGE=FLAGS",
                    help="more flags for one stage's script, after the budget's (later flags win), e.g. "
-                        "--extra 'resrep=--epochs 2 --lr 0.02'; stages: base, " + ", ".join(ENTRIES))
-    p.add_argument("--base", help="an existing base hdf5 (skips training the base)")
+                        "--extra 'resrep=--epochs 2 --lr 0.02'; stages: base, " + ", ".join(REGISTRY))
+    p.add_argument("--init", "--base", dest="init", metavar="FILE",
+                   help="an existing base hdf5 to start from (skips training the base; --base: the older spelling)")
     p.add_argument("-o", "--output", help="folder for everything (default compare_models/{arch}_{data})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="the base's seed (and the stages' without --seeds)")
@@ -128,19 +121,18 @@ def parse(argv=None):
     args.seeds = numbers(args.seeds, "--seeds", int) if args.seeds is not None else [args.seed]
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds {','.join(map(str, args.seeds))}: give distinct seeds")
-    if not args.round_to >= 1:
-        raise ValueError(f"--round-to {args.round_to}: must be at least 1 (1 keeps any width; 8 keeps multiples of 8)")
+    skeleton.check_round_to(args.round_to)
     if not args.latency_repeats >= 1:
         raise ValueError(f"--latency-repeats {args.latency_repeats}: must be at least 1")
-    args.methods = names(args.methods, METHODS, "--methods")
-    args.baselines = names(args.baselines, BASELINES, "--baselines")
+    args.methods = names(args.methods, methods, "--methods")
+    args.baselines = names(args.baselines, baselines, "--baselines")
     if not args.methods + args.baselines:
         raise ValueError("--methods and --baselines name nothing to run")
     args.extra = parse_extra(args.extra)
     args.budget = args.budget or ("demo" if args.data in ("cifar10-mini", "synthetic") else "paper")
     args.output = args.output or os.path.join("compare_models", f"{args.arch}_{args.data}")
-    if args.base and not os.path.isfile(args.base):
-        raise FileNotFoundError(f"--base {args.base}: no such file")
+    if args.init and not os.path.isfile(args.init):
+        raise FileNotFoundError(f"--init {args.init}: no such file")
     return args
 
 
@@ -149,15 +141,15 @@ def parse_extra(items):
     extra = {}
     for item in items:
         stage, sep, flags = item.partition("=")
-        if not sep or stage not in ("base", *ENTRIES):
-            raise ValueError(f"--extra {item!r}: expected STAGE=FLAGS with STAGE one of base, {', '.join(ENTRIES)}")
+        if not sep or stage not in ("base", *REGISTRY):
+            raise ValueError(f"--extra {item!r}: expected STAGE=FLAGS with STAGE one of base, {', '.join(REGISTRY)}")
         extra.setdefault(stage, []).extend(shlex.split(flags))
     return extra
 
 
 # --- the stages -----------------------------------------------------------------------------------
 class Stages:
-    """Runs each stage through its entry script's main, in its own folder; skips finished ones."""
+    """Runs each stage through its method's run skeleton, in its own folder; skips finished ones."""
 
     def __init__(self, args):
         self.args = args
@@ -165,13 +157,14 @@ class Stages:
         self.common = ["--data", args.data, "--device", args.device]
         if args.data_root:
             self.common += ["--data-root", args.data_root]
-        per_seed = [ENTRIES[n] for n in args.methods + args.baselines]
-        self.total = 1 + len(args.seeds) * sum(len(args.macs_targets) if e.per_target else 1 for e in per_seed)
+        per_seed = [REGISTRY[n] for n in args.methods + args.baselines]
+        self.total = 1 + len(args.seeds) * sum(len(args.macs_targets) if m.per_target else 1 for m in per_seed)
         self.step = 0
 
-    def run(self, folder, label, script, argv, done, main):
+    def run(self, method, folder, label, argv, done):
+        """Check the stage's flags (nothing written yet; an error names the stage), record its command, run it."""
         self.step += 1
-        command = f"python {script} {shlex.join(argv)}"
+        command = f"python {method.script} {shlex.join(argv)}"
         self.commands.append(command)
         record = os.path.join(folder, "stage_command.txt")
         if os.path.exists(record) and open(record).read().strip() != command:
@@ -180,58 +173,61 @@ class Stages:
         if os.path.exists(done):
             print(f"== [{self.step}/{self.total}] {label}: done ({done}; delete it to redo)", flush=True)
             return
+        try:
+            skeleton.check(method, argv)
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"stage {label} ({command}): {e}") from None
         print(f"== [{self.step}/{self.total}] {label}: {command}", flush=True)
         write_text(record, command + "\n")
         t = time.time()
-        main(argv)
+        skeleton.run(method, argv)
         if not os.path.exists(done):
             raise RuntimeError(f"{label} ended without writing {done}")
         print(f"== {label} finished in {time.time() - t:.0f} s", flush=True)
 
     def base(self):
         a = self.args
-        if a.base:
-            return a.base
+        if a.init:
+            return a.init
         if a.arch.startswith("sres") and a.budget != "smoke":
             path, make = base_weights(a.arch)  # ImageNet bases come from torchvision, not from training
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path} (the base model) is missing: make it with `{make}`, or pass --base")
+                raise FileNotFoundError(f"{path} (the base model) is missing: make it with `{make}`, or pass --init")
             return path
         out = os.path.join(a.output, "base")
         argv = ["-a", a.arch, "-o", out, *self.common, "--seed", str(a.seed), *QUIET.get(a.budget, []),
-                *BASE_BUDGETS[a.budget], *a.extra.get("base", [])]
+                *BASE.budgets[a.budget], *a.extra.get("base", [])]
         path = os.path.join(out, "finish.hdf5")
-        self.run(out, "base", "train_base_model.py", argv, path, train_base_model.main)
+        self.run(BASE, out, "base", argv, path)
         return path
 
-    def entry(self, entry, base, target, seed):
+    def entry(self, method, base, target, seed):
         """Run one method or baseline at one target and seed; its result, read from its files."""
         a = self.args
-        out = os.path.join(a.output, entry.name, f"macs{target:g}-seed{seed}" if entry.per_target else f"seed{seed}")
-        flags, setting = entry.aim(a.arch, target, a.groups, a.round_to)
-        aim = f" at {target:.0%}" if entry.per_target else ""
-        if a.latency_targets is not None and entry.aim_latency is not None and entry.per_target:
+        out = os.path.join(a.output, method.name, f"macs{target:g}-seed{seed}" if method.per_target else f"seed{seed}")
+        flags, aim = (macs_aim(target), f" at {target:.0%}") if method.per_target else ([], "")
+        setting = method.solve(a.arch, target, a.groups, a.round_to) if method.solve and method.per_target else None
+        if a.latency_targets is not None and method.latency_target and method.per_target:
             latency = a.latency_targets[a.macs_targets.index(target)]  # instead of the MACs target (ResRep)
-            out = os.path.join(a.output, entry.name, f"latency{latency:g}-seed{seed}")
-            flags, setting = entry.aim_latency(a.arch, latency, a.groups, a.round_to)
-            aim = f" at {latency:.0%} of the latency"
+            out = os.path.join(a.output, method.name, f"latency{latency:g}-seed{seed}")
+            flags, aim, setting = ["--latency-target", f"{latency:g}"], f" at {latency:.0%} of the latency", None
         shape = ["--groups", a.groups, *(["--round-to", str(a.round_to)] if a.round_to > 1 else [])]
-        argv = ["-a", a.arch, *(["--init", base] if entry.from_base else []), *flags,
-                *(shape if entry.groups else []), "-o", out, *self.common, "--seed", str(seed),
-                *QUIET.get(a.budget, []), *entry.budgets.get(a.budget, []), *a.extra.get(entry.name, [])]
-        label = f"{entry.label}{aim}, seed {seed}"
-        self.run(out, label, entry.script, argv, os.path.join(out, entry.done), entry.main)
-        result = {"name": entry.name, "label": entry.label, "target": target if entry.per_target else None,
-                  "seed": seed, "baseline": entry.baseline, "before_top1": None, "logit_diff": None,
-                  "final_file": os.path.join(out, entry.final) if entry.final else None}
+        argv = ["-a", a.arch, *(["--init", base] if method.from_base else []), *flags,
+                *(shape if method.groups else []), "-o", out, *self.common, "--seed", str(seed),
+                *QUIET.get(a.budget, []), *method.budgets.get(a.budget, []), *a.extra.get(method.name, [])]
+        label = f"{method.label}{aim}, seed {seed}"
+        self.run(method, out, label, argv, os.path.join(out, method.done))
+        result = {"name": method.name, "label": method.label, "target": target if method.per_target else None,
+                  "seed": seed, "baseline": method.baseline, "before_top1": None, "logit_diff": None,
+                  "final_file": os.path.join(out, method.final) if method.final else None}
         conversion = {}
-        if entry.converts:
+        if method.converts:
             result["file"] = converted_file(out)
             conversion = read_attrs(result["file"])["conversion"]
             result.update(before_top1=conversion["trained_metrics"]["top1"], logit_diff=conversion["max_logit_diff"])
         else:
             result["file"], result["final_file"] = result["final_file"], None
-        result["note"] = entry.note(conversion, setting)
+        result["note"] = method.note(conversion, setting)
         return result
 
 
@@ -284,8 +280,6 @@ def add_latency(rows, models, arch, device, repeats, onnx=False):
 
 
 def export_all(rows, arch, folder, val):
-    from utils.tools.export import check_onnx, export_onnx
-
     images = next(iter(val.batches()))[0][:8].cpu()
     for row in rows:
         model, _, _ = model_from_hdf5(row.get("final_file") or row["file"], arch)
@@ -323,9 +317,9 @@ def main(argv=None):
     device = resolve_device(args.device)
     stages = Stages(args)
     base = stages.base()
-    results = [stages.entry(ENTRIES[name], base, target, seed)
+    results = [stages.entry(REGISTRY[name], base, target, seed)
                for name in args.methods + args.baselines
-               for target in (args.macs_targets if ENTRIES[name].per_target else [None])
+               for target in (args.macs_targets if REGISTRY[name].per_target else [None])
                for seed in args.seeds]
     runs, test_images = measure_all(args, base, results, device)
     rows = aggregate(runs)

@@ -3,11 +3,10 @@ the file carries `deps`, the widths with their MACs and params.
 
     python display_hdf5.py resrep_models/src56_train/finish_converted.hdf5
 """
-import argparse
 
 import numpy as np
 
-from utils.command import run_main
+from utils.command import ArgumentParser, run_main
 
 NEAR_ZERO = 1e-5  # the original viewer's threshold; ResRep's pruned compactor rows fall under it
 
@@ -75,7 +74,7 @@ def describe(path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("file", help="an hdf5 weight file")
     args = p.parse_args(argv)
     print("\n".join(describe(args.file)))

@@ -8,14 +8,13 @@ IMAGENET1K_V1 is the checkpoint the original repos used (`pretrained=True`, 76.1
 IMAGENET1K_V2` takes torchvision's newer recipe where one exists. After renaming, the file is loaded
 into our model and its logits are compared with torchvision's on a random image.
 """
-import argparse
 import os
 import re
 import urllib.error
 
 import torch
 
-from utils.command import run_main
+from utils.command import ArgumentParser, run_main
 
 NAME_RULES = [  # torchvision prefix -> ours; applied once, first match wins
     (r"^conv1\.", "conv1.conv."),
@@ -106,7 +105,7 @@ def main(argv=None):
     from base_model import build_model, default_deps
     from utils.tools.store import load_state, save_hdf5
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-a", "--arch", default="sres50", help="sres18, sres34, sres50, sres101 or sres152")
     p.add_argument("--from", dest="source", help="a torchvision .pth state dict instead of downloading")
     p.add_argument("--weights", default="IMAGENET1K_V1", help="which torchvision weights to download")

@@ -6,6 +6,7 @@ hook.py        AOFPSearch: every searched group inside the training loop (a resi
                consumers), staggered, stops at the MACs target
 convert.py     the decision: widths rounded to multiples of --round-to, the pruned filters zeroed in the
                trained net, then the rest kept (surgery.keep)
-comparison.py  what the comparison asks of AOFP: its demo flags, its fine-tuned net as the final one
+method.py      AOFP, the registered Method: recipes, flags, the search as its hook, the decision, the fine-tune,
+               the comparison's budgets (its fine-tuned net is the final one)
 do_aofp.py     the entry script: search, convert, fine-tune, `python aofp/do_aofp.py -a vc`
 """

@@ -18,9 +18,9 @@ decisions are read with, and they were zeroed in the searched net.
 import torch
 
 from utils.pruning.flops import align, count
+from utils.pruning.plan import Plan
 from utils.pruning.surgery import keep
 from utils.pruning.zeroing import zero_channels
-from utils.training.skeleton import Plan
 
 STOPS = {"target": "MACs below the target", "exhausted": "every layer down to one filter",
          None: "the step limit (the MACs target was not reached)"}
@@ -107,7 +107,7 @@ def decide(model, graph, search, step, round_to=1):
     info = {"search_stopped": search.stopped, "search_moves": len(search.moves), "search_steps": step}
     lines = [line]
     if round_to > 1:
-        target = search.settings["flops_target"]
+        target = search.settings["macs_target"]
         before = search.macs_ratio()
         keeps, moved, met = round_keeps(model, graph, search.deps, keeps, round_to, target)
         after = count(graph, graph.deps_at(search.deps, {g: len(k) for g, k in keeps.items()}))[0] / search.base_macs

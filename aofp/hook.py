@@ -42,7 +42,7 @@ def target_groups(graph, groups="internal"):
 
 
 class AOFPSearch(Hook):
-    def __init__(self, graph, deps, groups="internal", iters_per_half=1000, thresh=0.01, warmup=500, flops_target=None,
+    def __init__(self, graph, deps, groups="internal", iters_per_half=1000, thresh=0.01, warmup=500, macs_target=None,
                  seed=0, bn_mode="own"):
         if iters_per_half < 1:
             raise ValueError(f"iters_per_half {iters_per_half}: must be at least 1")
@@ -50,8 +50,8 @@ class AOFPSearch(Hook):
             raise ValueError(f"thresh {thresh}: must be positive (the damage t is never negative)")
         if warmup < 0:
             raise ValueError(f"warm-up {warmup}: must not be negative")
-        if flops_target is not None and not 0 < flops_target <= 1:
-            raise ValueError(f"flops target {flops_target}: the fraction of MACs to keep must be in (0, 1]")
+        if macs_target is not None and not 0 < macs_target <= 1:
+            raise ValueError(f"MACs target {macs_target}: the fraction of MACs to keep must be in (0, 1]")
         self.graph, self.deps = graph, list(deps)
         groups = target_groups(graph, groups) if isinstance(groups, str) else [graph.groups[g] for g in groups]
         if not groups:
@@ -64,7 +64,7 @@ class AOFPSearch(Hook):
         starts = start_steps(len(groups), iters_per_half, warmup)
         self.layers = [LayerSearch(g.producers[0].conv, g.id, widths[g.id], s) for g, s in zip(groups, starts)]
         self.settings = dict(iters_per_half=iters_per_half, thresh=thresh, warmup=warmup,
-                             flops_target=flops_target, seed=seed, bn_mode=bn_mode)
+                             macs_target=macs_target, seed=seed, bn_mode=bn_mode)
         self.base_macs = count(graph, self.deps)[0]
         self.stopped = None  # why the search ended: "target", "exhausted"; None while it runs
         self.moves = []  # (step, layer, number pruned, worst t, MACs ratio after)
@@ -117,7 +117,7 @@ class AOFPSearch(Hook):
         if trainer.step == 0:
             trainer.log.log(f"AOFP: {len(self.layers)} layers, starts at steps {self.layers[0].start_step}.."
                             f"{self.layers[-1].start_step}; {s['iters_per_half']} steps per half, thresh "
-                            f"{s['thresh']}, stop below {s['flops_target']} of {self.base_macs:,} MACs")
+                            f"{s['thresh']}, stop below {s['macs_target']} of {self.base_macs:,} MACs")
         if self.stopped:
             trainer.request_stop()
 
@@ -163,7 +163,7 @@ class AOFPSearch(Hook):
                             f"{worst:.4f}), {layer.alive} left{' (done)' if layer.done else ''}; "
                             f"MACs {ratio:.2%} of the base")
             trainer.log.scalars(trainer.step, **{"aofp/macs_ratio": ratio})
-            target = self.settings["flops_target"]
+            target = self.settings["macs_target"]
             if target is not None and ratio < target:
                 self._stop(trainer, "target", f"MACs {ratio:.2%} < target {target:.2%}")
                 return

@@ -1,7 +1,8 @@
-"""The baselines a reviewer asks for, at the same MACs and epochs as the four methods (see the README).
+"""The baselines a reviewer asks for, at the same MACs and epochs as the four methods (see the README), and
+plain training, registered like the methods (utils/registry.py).
 
-l1.py          L1-norm filter pruning, one shot, then fine-tuning (Li et al., ICLR 2017)
-scratch.py     the same narrow architecture trained from random initialisation (Liu et al., ICLR 2019)
-comparison.py  what the comparison asks of them (and of base+: the base trained as long, not pruned,
-               which is train_base_model.py --init)
+plain.py         BASE, plain training (train_base_model.py), and BASE_PLUS: the base trained a method's epochs more
+l1_pruning.py    L1: L1-norm filter pruning, one shot, then fine-tuning (Li et al., ICLR 2017)
+from_scratch.py  SCRATCH: the same narrow architecture trained from random initialisation (Liu et al., ICLR 2019)
+l1.py, scratch.py  their entry scripts
 """

@@ -13,14 +13,13 @@ if not __package__:  # run as a file, not as a module: the repository root goes 
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import statistics
 
 import torch
 
 from aofp.hook import AOFPSearch
 from aofp.probe import BN_MODES
-from utils.command import run_main
+from utils.command import ArgumentParser, run_main
 from utils.pruning.channel_graph import arch_graph_at
 from utils.tools.store import model_from_hdf5
 from utils.training.data import make_loaders
@@ -44,7 +43,7 @@ def damages(model, graph, images, mode, seed):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("file", help="a trained conv+BN hdf5 (e.g. the comparison's base/finish.hdf5)")
     p.add_argument("--batches", type=int, default=8, help="batches of 64 images (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)

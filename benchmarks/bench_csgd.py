@@ -13,7 +13,6 @@ if not __package__:  # run as a file, not as a module: the repository root goes 
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import json
 import os
 import statistics
@@ -26,6 +25,7 @@ from benchmarks.timing import seconds_per_step, sync
 from csgd.centripetal import CentripetalHook
 from csgd.clustering import cluster_groups
 from csgd.schedule import default_schedule, group_targets, target_deps
+from utils.command import ArgumentParser, run_main
 from utils.pruning.channel_graph import arch_graph, arch_graph_at
 from utils.training.data import make_loaders
 from utils.training.dist import resolve_device
@@ -42,7 +42,7 @@ def update_alone(hook, device, repeats=20):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-a", "--arch", default="src56")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
@@ -89,4 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

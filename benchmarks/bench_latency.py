@@ -15,13 +15,12 @@ if not __package__:  # run as a file, not as a module: the repository root goes 
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import json
 
 import torch
 
 from base_model import build_model, default_deps, get_arch
-from utils.command import run_main
+from utils.command import ArgumentParser, run_main
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
 from utils.tools.latency import FORMS, ORT, measure
@@ -37,7 +36,7 @@ def load(path=None, arch=None, deps=None):
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("file", nargs="?", help="an hdf5 weight file (its deps give the widths)")
     p.add_argument("-a", "--arch", help="arch (with --deps, instead of a file)")
     p.add_argument("--deps", type=lambda s: [int(x) for x in s.split(",")], help="widths (default: the arch's)")

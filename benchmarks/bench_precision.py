@@ -10,13 +10,12 @@ if not __package__:  # run as a file, not as a module: the repository root goes 
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import time
 
 import torch
 
 from base_model import build_model, get_arch
-from utils.command import run_main
+from utils.command import ArgumentParser, run_main
 from utils.training.dist import resolve_device
 from utils.training.engine import native_bf16
 
@@ -50,7 +49,7 @@ def throughput(arch, batch, steps, amp, channels_last, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-a", "--arch", default="src20")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=6)

@@ -12,7 +12,6 @@ if not __package__:  # run as a file, not as a module: the repository root goes 
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import json
 import os
 import statistics
@@ -24,6 +23,7 @@ from base_model import build_model
 from benchmarks.timing import seconds_per_step
 from rr.compactor import compactor_rule, resrep_model
 from rr.resrep import ResRepConfig, ResRepHook, reset_gradients
+from utils.command import ArgumentParser, run_main
 from utils.training.data import make_loaders
 from utils.training.engine import TrainConfig, param_groups
 
@@ -35,7 +35,7 @@ def mask_update_seconds(arch, repeats=5):
         for pg in groups:
             for c in pg.compactors():
                 c.pwc.weight.add_(torch.randn(c.pwc.weight.shape, generator=g))
-    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(flops_target=0.455, begin_granularity=10**9))
+    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(macs_target=0.455, begin_granularity=10**9))
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -45,7 +45,7 @@ def mask_update_seconds(arch, repeats=5):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-a", "--arch", default="src56")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
@@ -78,4 +78,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

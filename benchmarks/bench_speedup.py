@@ -14,17 +14,17 @@ if not __package__:  # run as a file, not as a module: the repository root goes 
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import statistics
 
 import torch
 
 from base_model import build_model, default_deps, get_arch
 from utils.atomic import write_json
-from utils.command import run_main
+from utils.command import ArgumentParser, run_main
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count, uniform_ratio
-from utils.tools.latency import deploy_form, interleaved_ms
+from utils.tools.deploy import deploy_form
+from utils.tools.latency import interleaved_ms
 from utils.training.dist import resolve_device
 
 
@@ -33,7 +33,7 @@ def ints(text):
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-a", "--arch", default="src56")
     p.add_argument("--macs-target", type=float, default=0.5, help="fraction of the base MACs (default %(default)s)")
     p.add_argument("--groups", default="internal,all", help="comma list of --groups values (default %(default)s)")

@@ -23,6 +23,7 @@ import time
 import torch
 
 from base_model import build_model
+from utils.command import ArgumentParser, run_main
 from utils.training.data import make_loaders
 from utils.training.dist import DistContext, resolve_device
 from utils.training.engine import TrainConfig, Trainer, param_groups, resolve_amp
@@ -73,7 +74,7 @@ def data_rate(loader, steps, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-a", "--arch", default="src56")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
@@ -113,4 +114,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

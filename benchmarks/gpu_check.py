@@ -24,7 +24,6 @@ if not __package__:  # run as a file, not as a module: the repository root goes 
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import contextlib
 import io
 import os
@@ -43,10 +42,11 @@ from csgd.schedule import default_schedule, group_targets, target_deps
 from rr.compactor import compactor_rule, resrep_model
 from rr.resrep import ResRepConfig, ResRepHook
 from utils.atomic import write_json
-from utils.command import run_main
+from utils.command import ArgumentParser, run_main
 from utils.pruning.channel_graph import arch_graph, arch_graph_at
 from utils.pruning.flops import count, uniform_ratio
-from utils.tools.latency import deploy_form, interleaved_ms
+from utils.tools.deploy import deploy_form
+from utils.tools.latency import interleaved_ms
 from utils.training.data import TensorLoader
 from utils.training.dist import DistContext
 from utils.training.engine import TrainConfig, Trainer, resolve_amp
@@ -74,7 +74,7 @@ LATENCY_FORM = "fused"  # (c) BN folded into the convs: the deploy form
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     p.add_argument("--tiny", action="store_true",
                    help=f"tiny sizes ({SIZES['tiny']['arch']}, {SIZES['tiny']['images']} images, a few steps): "

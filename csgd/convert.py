@@ -4,8 +4,8 @@ trained net with every cluster averaged (surgery.collapse): the merge is exact a
 within-cluster deviation training has left, which the 'trained vs converted' difference shows."""
 import copy
 
+from utils.pruning.plan import Plan
 from utils.pruning.surgery import collapse, merge
-from utils.training.skeleton import Plan
 
 
 def decide(model, graph, clusters, deviation=None):

@@ -15,7 +15,8 @@ from fractions import Fraction
 from base_model import default_deps, get_arch
 from utils.pruning.flops import align
 from utils.training.cli import base_weights
-from utils.training.skeleton import converted_file, optional_init
+from utils.training.method import optional_start
+from utils.training.skeleton import converted_file
 
 ROUNDINGS = ("floor", "ceil")
 
@@ -85,10 +86,11 @@ def itr_dir(models_dir, arch, k):
 
 
 def iteration_start(args):
-    """The file iteration args.itr starts from: --init, iteration K-1's converted net, or the base model
-    (for -i 0 on a CIFAR net, trained first with train_base_model.py's recipe when it is missing)."""
+    """The file iteration args.itr starts from: --init, iteration K-1's converted net, or the base model. A
+    missing base is fine for -i 0 on a CIFAR net with --train-base: `base_to_train` says so, and the method's
+    make_start trains it first with train_base_model.py's recipe."""
     if args.init:
-        return optional_init(args)
+        return optional_start(args)
     if args.itr > 0:
         folder = itr_dir(args.models_dir, args.arch, args.itr - 1)
         prev = converted_file(folder)
@@ -98,15 +100,12 @@ def iteration_start(args):
                                     f"-i {args.itr - 1}` first")
         return prev
     path, make = base_weights(args.arch)
-    if os.path.exists(path):
-        return path
-    if get_arch(args.arch).dataset == "cifar10" and args.train_base:
-        import train_base_model
-
-        print(f"{path} is missing: training the base model first (python train_base_model.py -a {args.arch})")
-        argv = ["-a", args.arch, "--data", args.data, "--device", args.device, "--seed", str(args.seed or 0)]
-        if args.data_root:
-            argv += ["--data-root", args.data_root]
-        train_base_model.main(argv)
+    if os.path.exists(path) or base_to_train(args):
         return path
     raise FileNotFoundError(f"{path} (the base model) is missing: make it with `{make}`, or pass --init")
+
+
+def base_to_train(args):
+    """Whether -i 0 trains the missing base first: a CIFAR net, no --init, --train-base (the default)."""
+    return (args.itr == 0 and not args.init and args.train_base and get_arch(args.arch).dataset == "cifar10"
+            and not os.path.exists(base_weights(args.arch)[0]))

@@ -10,9 +10,9 @@ import copy
 
 import torch
 
+from utils.pruning.plan import Plan
 from utils.pruning.surgery import fold, narrow
 from utils.pruning.zeroing import zero_rows
-from utils.training.skeleton import Plan
 
 SMALL_NORM = 1e-4  # a pruned row with a larger norm still changed the trained net's outputs
 

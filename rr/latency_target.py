@@ -3,7 +3,8 @@ it, every rank gets the same), what the log says about it, and after the convers
 measured speed-up side by side in the files' `conversion.latency`."""
 import torch
 
-from utils.tools.latency import deploy_form, interleaved_ms
+from utils.tools.deploy import deploy_form
+from utils.tools.latency import interleaved_ms
 from utils.tools.latency_table import latency_table
 from utils.tools.store import model_from_hdf5
 from utils.training.dist import broadcast_object
@@ -41,7 +42,7 @@ def target_lines(run, hook, groups):
 def with_latency(run, plan):
     """ResRep's Plan; with a latency target, the predicted latency ratio of the converted widths goes into the
     conversion info, and after the proof the converted net is timed against the base."""
-    hook = run.hook
+    hook = run.setup.hook
     if hook.latency_table is not None:
         c, ratio = hook.cfg, hook.latency_ratio(hook.masked_deps())
         plan.info["latency"] = {"target": c.latency_target, "batch": c.latency_batch, "device": str(run.ctx.device),

@@ -2,7 +2,7 @@
 
 All rows of all pruned groups are ranked together by norm (smallest first, no per-layer weighting,
 as the paper). Walking that list from a fresh start (the unpruned widths), each row narrows its group
-by one until the MACs reach `flops_target` of the base; a group never goes below `num_at_least`.
+by one until the MACs reach `macs_target` of the base; a group never goes below `num_at_least`.
 With `round_to` N > 1 (`--round-to`) a group moves N channels at a time, once N of its rows have come up
 in the list (its first move only as far as the nearest multiple of N), and never below N: every unmasked
 width is then a multiple of N.
@@ -68,7 +68,7 @@ class LatencyCounter(MacsCounter):
         return self.table.layer_ms(lc, self.widths)
 
 
-def select_masks(graph, base_deps, norms, masked_now, flops_target, begin_granularity=4, num_at_least=1,
+def select_masks(graph, base_deps, norms, masked_now, macs_target, begin_granularity=4, num_at_least=1,
                  round_to=1, latency_table=None, latency_target=None):
     """New masks: {group id: sorted channel indices to mask}.
 
@@ -76,14 +76,14 @@ def select_masks(graph, base_deps, norms, masked_now, flops_target, begin_granul
     for the pruned groups; masked_now: {group id: number of rows masked now}. The cap of
     `begin_granularity` more rows always lets one move of `round_to` rows through. With `latency_target`
     (and its `latency_table`), the walk stops at that fraction of the base's predicted latency instead of
-    `flops_target` of its MACs (then unused).
+    `macs_target` of its MACs (then unused).
     """
     if num_at_least < 1:
         raise ValueError(f"num_at_least must be at least 1 (a group cannot lose every channel), got {num_at_least}")
     if round_to < 1:
         raise ValueError(f"round_to must be at least 1 (1: any width), got {round_to}")
     if latency_target is None:
-        counter_at, fraction = (lambda widths: MacsCounter(graph, widths)), flops_target
+        counter_at, fraction = (lambda widths: MacsCounter(graph, widths)), macs_target
     elif latency_table is None:
         raise ValueError("a latency target needs the latency table that predicts it")
     else:

@@ -22,7 +22,7 @@ ZERO_NORM = 1e-12  # a row this small gets a proportionally smaller penalty: no 
 
 @dataclass
 class ResRepConfig:
-    flops_target: float = 0.471  # MACs to keep, as a fraction of the base (src56: 52.9 % pruned)
+    macs_target: float = 0.471  # MACs to keep, as a fraction of the base (src56: 52.9 % pruned)
     lasso_strength: float = 1e-4  # lambda of the group-lasso gradient on every compactor row
     mask_interval: int = 200  # steps between mask updates
     before_mask_iters: int = 3906  # no masks before this step (original: 5 epochs)
@@ -30,27 +30,28 @@ class ResRepConfig:
     num_at_least: int = 1  # never mask a group below this many channels
     round_to: int = 1  # unmasked widths in multiples of this (--round-to)
     latency_target: float | None = None  # predicted latency to keep, as a fraction of the base's; replaces
-    # flops_target (then None), the latency read from a per-layer table measured on the run's device
+    # macs_target (then None), the latency read from a per-layer table measured on the run's device
     latency_batch: int = 64  # the batch size the latency table is measured at
 
 
 def check_config(cfg):
-    """Refuse a setting out of range with one line naming its flag."""
+    """Refuse a setting out of range with one line naming its flag (written so that NaN fails too)."""
     lows = (("mask_interval", 1), ("begin_granularity", 1), ("num_at_least", 1), ("before_mask_iters", 0),
             ("round_to", 1), ("latency_batch", 1))
     for name, low in lows:
         if not getattr(cfg, name) >= low:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
-    if not cfg.lasso_strength >= 0:
-        raise ValueError(f"--lasso-strength must not be negative, got {cfg.lasso_strength}")
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least {low}")
+    if not 0 <= cfg.lasso_strength < float("inf"):
+        raise ValueError(f"--lasso-strength {cfg.lasso_strength}: must be a finite number, not negative")
     if cfg.latency_target is not None:
-        if cfg.flops_target is not None:
-            raise ValueError("--latency-target and --flops-target exclude each other: give one target")
+        if cfg.macs_target is not None:
+            raise ValueError(f"--latency-target {cfg.latency_target}: it replaces --macs-target (--flops-target) "
+                             f"{cfg.macs_target}; give one target")
         if not 0 < cfg.latency_target <= 1:
-            raise ValueError(f"--latency-target is the fraction of the base's latency to keep, in (0, 1]; got "
-                             f"{cfg.latency_target}")
-    elif cfg.flops_target is None or not 0 < cfg.flops_target <= 1:
-        raise ValueError(f"--flops-target is the fraction of MACs to keep, in (0, 1]; got {cfg.flops_target}")
+            raise ValueError(f"--latency-target {cfg.latency_target}: the fraction of the base's latency to keep must "
+                             "be in (0, 1]")
+    elif cfg.macs_target is None or not 0 < cfg.macs_target <= 1:
+        raise ValueError(f"--macs-target {cfg.macs_target}: the fraction of the MACs to keep must be in (0, 1]")
     return cfg
 
 
@@ -107,7 +108,7 @@ class ResRepHook(Hook):
         if trainer is None or trainer.ctx.is_main:
             norms = {pg.id: pg.norms() for pg in self.groups}
             masked_now = {pg.id: len(pg.masked()) for pg in self.groups}
-            chosen = select_masks(self.graph, self.base_deps, norms, masked_now, c.flops_target,
+            chosen = select_masks(self.graph, self.base_deps, norms, masked_now, c.macs_target,
                                   c.begin_granularity, c.num_at_least, c.round_to, self.latency_table,
                                   c.latency_target)
         chosen = broadcast_object(chosen)
@@ -122,7 +123,7 @@ class ResRepHook(Hook):
             trainer.log.scalars(step, **{"resrep/masked": n, "resrep/macs_ratio": ratio},
                                 **({} if latency is None else {"resrep/latency_ratio": latency}))
             if latency is None:
-                met, kind, target, now, also = ratio <= c.flops_target, "MACs", c.flops_target, f"{ratio:.4f}", ""
+                met, kind, target, now, also = ratio <= c.macs_target, "MACs", c.macs_target, f"{ratio:.4f}", ""
             else:
                 met, kind, target = latency <= c.latency_target, "latency", c.latency_target
                 now, also = f"predicted latency {latency:.4f}", f", MACs {ratio:.4f} of base"

@@ -8,9 +8,9 @@ zeroed too (what the conversion keeps), and the 'trained vs converted' differenc
 """
 import copy
 
+from utils.pruning.plan import Plan
 from utils.pruning.surgery import keep
 from utils.pruning.zeroing import zero_channels
-from utils.training.skeleton import Plan
 
 
 def kept(graph, pruned):

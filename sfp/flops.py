@@ -9,7 +9,8 @@ floored counts pass `floored=True`. Check: ResNet-56 at r = 0.6 gives 52.63 % fe
 
     python -m sfp.flops --depth 56 --rate 0.6
 """
-import argparse
+
+from utils.command import ArgumentParser, run_main
 
 CHANNELS, WIDTHS = (16, 32, 64), (32, 16, 8)
 
@@ -54,7 +55,7 @@ def depth_of(arch):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--depth", type=int, default=56)
     p.add_argument("--rate", type=float, default=0.7, help="keep ratio")
     args = p.parse_args(argv)
@@ -66,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

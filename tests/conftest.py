@@ -1,4 +1,4 @@
-"""What every test file may ask for: the engine's two precision settings, and the `slow` marker.
+"""What every test file may ask for: the engine's two precision settings, a base model file, and the `slow` marker.
 
 `precision` runs a test twice: as on a CPU without native bf16 (the engine trains in fp32 by default) and as on
 one with it (bf16 autocast by default), whatever this machine's CPU is (utils.training.engine.NATIVE_BF16_ENV; on
@@ -20,3 +20,31 @@ def precision(request, monkeypatch):
     subprocesses inherit it through the environment)."""
     monkeypatch.setenv(NATIVE_BF16_ENV, "1" if request.param == "bf16" else "0")
     return request.param
+
+
+def write_base(path, model):
+    from utils.tools.store import save_hdf5
+
+    save_hdf5(path, model.state_dict(), deps=model.deps, arch="src20")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def base_file(tmp_path_factory):
+    """A src20 base model as an hdf5 file (random weights, non-trivial BN statistics and affines), read-only: what
+    the tests start a method from with --init."""
+    from helpers import random_model
+
+    return write_base(tmp_path_factory.mktemp("base") / "src20.hdf5", random_model("src20"))
+
+
+@pytest.fixture(scope="session")
+def fresh_base_file(tmp_path_factory):
+    """A src20 as PyTorch initialises it (BN the identity, seed 0), as an hdf5 file: a start whose BN weights are
+    all alike, so C-SGD's clusters can collapse within a few steps."""
+    import torch
+
+    from base_model import build_model
+
+    torch.manual_seed(0)
+    return write_base(tmp_path_factory.mktemp("fresh") / "src20.hdf5", build_model("src20"))

@@ -9,6 +9,9 @@ from torch import nn
 from base_model import build_model
 from base_model.layers import conv_bn
 
+# A run on learnable random images on the CPU (every entry script takes these), and the comparison's smoke budget
+SYNTHETIC = ["--data", "synthetic", "--device", "cpu"]
+SMOKE_COMPARISON = ["--budget", "smoke", *SYNTHETIC, "--latency-repeats", "1"]
 # Small inputs keep the ImageNet nets fast on CPU; global pooling is adaptive.
 TEST_INPUT = {"src56": 32, "src20": 32, "sres18": 64, "sres50": 64, "vc": 32}
 
@@ -51,6 +54,20 @@ def random_deps(graph, rng, low=0.3):
         for p in g.producers:
             deps[p.index] = w
     return deps
+
+
+def script(method):
+    """A method's entry script as the tests call it, without importing the script: main(argv) (returns None, as a
+    command's main), parse(argv) (the parsed flags) and run(argv) (the skeleton's Run, or None when not redone)."""
+    from types import SimpleNamespace
+
+    from utils.training import skeleton
+
+    def main(argv=None):
+        skeleton.run(method, argv)
+
+    return SimpleNamespace(main=main, parse=lambda argv=None: skeleton.parse(method, argv),
+                           run=lambda argv=None: skeleton.run(method, argv), method=method)
 
 
 def exit_code(main, *args):

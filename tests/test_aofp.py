@@ -7,14 +7,14 @@ import sys
 
 import pytest
 import torch
+from aofp_helpers import LAYER, ZEROED, half_zero_model, original_damage, zero_filters
+from helpers import SYNTHETIC, example_input, gloo_group, random_model, script, spawn_ranks
 
-from aofp import do_aofp
 from aofp.convert import filter_l1, round_keeps, round_widths, zero_pruned
 from aofp.hook import AOFPSearch
+from aofp.method import AOFP
 from aofp.search import LayerSearch, start_steps
-from aofp_helpers import LAYER, ZEROED, half_zero_model, original_damage, zero_filters
 from base_model import build_model
-from helpers import example_input, gloo_group, random_model, spawn_ranks
 from utils.pruning.channel_graph import arch_graph, arch_graph_at
 from utils.pruning.convert import convert
 from utils.pruning.flops import count
@@ -25,6 +25,8 @@ from utils.training import dist
 from utils.training.checkpoint import CheckpointError
 from utils.training.data import make_loaders
 from utils.training.engine import TrainConfig, Trainer
+
+do_aofp = script(AOFP)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16  # synthetic images: small, so the search runs fast on CPU
@@ -43,7 +45,7 @@ def search_run(out, model, ctx=None, groups="layer", **kw):
     graph = arch_graph("src20")
     gid = graph.group_of(LAYER).id
     settings = dict(iters_per_half=6, thresh=0.01, warmup=0, seed=0,
-                    flops_target=target_after(graph, model.deps, gid, 16 - len(ZEROED)))
+                    macs_target=target_after(graph, model.deps, gid, 16 - len(ZEROED)))
     hook_keys = {*settings, "bn_mode"}
     settings.update({k: v for k, v in kw.items() if k in hook_keys})
     hook = AOFPSearch(graph, model.deps, groups=[gid] if groups == "layer" else groups, **settings)
@@ -111,7 +113,7 @@ def test_starts_are_staggered_by_list_position():
 
 def test_layer_down_to_one_filter_is_done_and_the_search_ends(tmp_path):
     model = zero_filters(random_model("src20", seed=3), LAYER, list(range(1, 16)))
-    trainer, hook = search_run(tmp_path, model, flops_target=None, thresh=10.0, max_steps=400)
+    trainer, hook = search_run(tmp_path, model, macs_target=None, thresh=10.0, max_steps=400)
     assert hook.layers[0].alive == 1 and hook.layers[0].done
     assert hook.stopped == "exhausted" and trainer.step < 400
 
@@ -141,6 +143,7 @@ def test_masked_and_pruned_models_give_the_same_logits(arch):
 
 # --- resume and two ranks ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resumed_search_equals_uninterrupted(tmp_path, whole):
     _, whole_trainer, whole = whole
     assert len(whole.moves) >= 2
@@ -163,10 +166,11 @@ def _rank_worker(rank, world, out):
     with gloo_group() as ctx:
         graph = arch_graph("src20")
         groups = [graph.group_of(LAYER).id, graph.group_of("stage2.block0.conv1.conv").id]
-        trainer, hook = search_run(out, half_zero_model(), ctx, groups=groups, max_steps=40, flops_target=None)
+        trainer, hook = search_run(out, half_zero_model(), ctx, groups=groups, max_steps=40, macs_target=None)
         torch.save({"search": hook.state_dict(), "step": trainer.step}, os.path.join(out, f"rank{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_make_the_same_decisions(tmp_path, precision):
     spawn_ranks(_rank_worker, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
@@ -184,7 +188,7 @@ def test_do_aofp_prunes_proves_and_finetunes(tmp_path, capsys):
     save_hdf5(base, model.state_dict(), deps=model.deps, arch="src20")
     out = tmp_path / "run"
     # --base: the original's flag, an alias of --init
-    do_aofp.main(["-a", "src20", "--base", str(base), "--data", "synthetic", "--device", "cpu", "-o", str(out),
+    do_aofp.main(["-a", "src20", "--base", str(base), *SYNTHETIC, "-o", str(out),
                   "--iters-per-half", "4", "--warmup-iters", "0", "--thresh", "10", "--flops-target", "0.9",
                   "--epochs", "2", "--batch-size", "32", "--ft-epochs", "1", "--ft-batch-size", "32"])
     log = (out / "log.txt").read_text()
@@ -350,7 +354,7 @@ def test_rounding_drops_the_weakest_kept_filters_and_restores_the_strongest_prun
     assert kept[up] == sorted([1, 5, 9] + sorted(pruned, key=lambda c: -norms[up][c].item())[:5])
 
 
-SMOKE = ["-a", "src20", "--data", "synthetic", "--device", "cpu", "--epochs", "1", "--batch-size", "32",
+SMOKE = ["-a", "src20", *SYNTHETIC, "--epochs", "1", "--batch-size", "32",
          "--deterministic", "--max-steps", "40", "--iters-per-half", "1", "--warmup-iters", "0", "--thresh", "1e9",
          "--skip-finetune"]
 # a start net with irregular widths, so that the search's halvings leave counts that are not multiples of 8

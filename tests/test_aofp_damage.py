@@ -1,15 +1,17 @@
 """AOFP's damage probe: the ablated pass leaves BN's statistics alone, masks half the search set, and
-measures the damage the original's two passes through the scorer measure (specs A2)."""
+measures the damage the original's two passes through the scorer measure (specs A2), by default too."""
+from types import SimpleNamespace
+
 import pytest
 import torch
-
-from aofp.hook import AOFPSearch
-from aofp.probe import BN_MODES
 from aofp_helpers import LAYER, ZEROED, half_zero_model, original_damage
 from helpers import FlattenNet, example_input, random_model, randomize_bn
-from utils.pruning.channel_graph import arch_graph, build_channel_graph
-from utils.training import dist
 
+from aofp.hook import AOFPSearch
+from aofp.method import AOFP
+from aofp.probe import BN_MODES
+from utils.pruning.channel_graph import arch_graph, build_channel_graph
+from utils.training import dist, skeleton
 
 # --- the ablated pass --------------------------------------------------------------------------
 
@@ -142,3 +144,31 @@ def test_damage_equals_the_originals_two_pass_computation(case):
         assert own == base
     else:  # the same ablation, measured two ways
         assert abs(own_want - base_want) > 0.01 * base_want and abs(own - base) > 0.01 * base
+
+
+def test_the_command_lines_default_measures_the_originals_damage():
+    """`python aofp/do_aofp.py -a src20` with no --bn-mode builds a search whose probe measures t as the original
+    does, each pass normalised with its own batch statistics, not as --bn-mode base would (a default changed in
+    the command line or anywhere on its way to the probe fails here)."""
+    args = skeleton.parse(AOFP, ["-a", "src20", "--data", "synthetic"])
+    AOFP.validate(args)
+    model, graph, deps, x = _damage_model("src20-conv")
+    run = SimpleNamespace(args=args, graph=graph, model=model, cfg=SimpleNamespace(seed=0))
+    hook = AOFP.prepare(run).hook.attach(model)
+    probe = next(p for p in hook.probes if p.layer is hook.layers[0])
+    assert graph.group_of(LAYER).id == hook.layers[0].group
+    scorer, bn = model.get_submodule("stage1.block0.conv2.conv"), model.get_submodule("stage1.block0.conv2.bn")
+    seen = {}
+    capture = scorer.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].detach().clone()), prepend=True)
+    layer = probe.layer
+    layer.restart(0)
+    drawn = layer.draw(torch.Generator().manual_seed(7))
+    for other in hook.probes:
+        other.drawn = drawn.float() if other is probe else None
+    model(x)
+    capture.remove()
+    hook.detach()
+    own, base = (original_damage(seen["x"], layer.keep.clone(), drawn, scorer, bn, False, None, mode)
+                 for mode in ("own", "base"))
+    assert abs(own - base) > 0.01 * base  # the two modes measure apart here
+    assert float(probe.t) == pytest.approx(own, rel=1e-5)

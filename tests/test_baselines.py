@@ -4,15 +4,18 @@ from fractions import Fraction
 
 import pytest
 import torch
+from helpers import SYNTHETIC, exit_code, random_model, script
 
-from baselines import l1, scratch
 from base_model import default_deps
-from helpers import exit_code, random_model
+from baselines.from_scratch import SCRATCH
+from baselines.l1_pruning import L1
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import uniform_deps, uniform_ratio
 from utils.tools.store import read_hdf5, save_hdf5
 
-SMOKE = ["-a", "src20", "--data", "synthetic", "--device", "cpu", "--epochs", "1", "--max-steps", "2"]
+l1, scratch = script(L1), script(SCRATCH)
+
+SMOKE = ["-a", "src20", *SYNTHETIC, "--epochs", "1", "--max-steps", "2"]
 
 
 def test_uniform_widths_are_exact_fractions_of_the_selected_groups():
@@ -59,9 +62,11 @@ def test_scratch_trains_the_uniform_narrow_net_from_random_weights(tmp_path, cap
 
 
 @pytest.mark.parametrize("main", [l1.main, scratch.main])
-@pytest.mark.parametrize("flags, needle", [([], "one of them"), (["--ratio", "0.5", "--macs-target", "0.5"], "one of them"),
+@pytest.mark.parametrize("flags, needle", [([], "one of them"),
+                                           (["--ratio", "0.5", "--macs-target", "0.5"], "one of them"),
                                            (["--ratio", "1.5"], "must be in (0, 1]"),
-                                           (["--macs-target", "1"], "must be in (0, 1)")])
+                                           (["--macs-target", "1.5"],
+                                            "--macs-target 1.5: the fraction of the MACs to keep must be in (0, 1]")])
 def test_bad_input(main, flags, needle, tmp_path, capsys):
     assert exit_code(main, [*SMOKE, *flags, "-o", str(tmp_path / "x")]) == 2
     assert needle in capsys.readouterr().err and not (tmp_path / "x").exists()

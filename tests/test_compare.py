@@ -6,15 +6,17 @@ from fractions import Fraction
 
 import matplotlib.image
 import pytest
+from helpers import SMOKE_COMPARISON, exit_code
 
 import compare_methods
 from base_model import default_deps
-from csgd.comparison import ratio_for
+from baselines.plain import BASE
+from csgd.method import ratio_for
 from csgd.schedule import Schedule, target_deps
-from helpers import exit_code
-from sfp.comparison import rate_for
+from sfp.method import rate_for
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
+from utils.registry import REGISTRY
 from utils.tools.compare import aggregate, verdicts
 
 
@@ -42,20 +44,21 @@ def test_every_row_of_a_budget_trains_a_methods_epochs(budget):
         given = [int(value) for flag, value in zip(flags, flags[1:]) if flag == name]
         return given[-1] if given else 0  # the last one wins, as in argparse
 
-    entries = compare_methods.ENTRIES
+    entries = REGISTRY
     method = epochs(entries["resrep"].budgets[budget])
     assert method > 0
     for name in ("csgd", "sfp", "l1", "base+"):
         assert epochs(entries[name].budgets[budget]) == method, name
     aofp = entries["aofp"].budgets[budget]
     assert epochs(aofp) + epochs(aofp, "--ft-epochs") == method
-    base = epochs(compare_methods.BASE_BUDGETS[budget])
+    base = epochs(BASE.budgets[budget])
     assert epochs(entries["scratch"].budgets[budget]) == base + method
 
 
-SMOKE = ["--budget", "smoke", "--data", "synthetic", "--device", "cpu", "--latency-repeats", "1"]
+SMOKE = SMOKE_COMPARISON
 
 
+@pytest.mark.slow
 def test_the_comparison_runs_every_method_and_baseline_and_writes_table_and_plots(tmp_path, capsys):
     out = str(tmp_path / "cmp")
     argv = [*SMOKE, "-o", out, "--extra", "sfp=--epoch-prune 1"]
@@ -100,6 +103,7 @@ def test_the_comparison_runs_every_method_and_baseline_and_writes_table_and_plot
         compare_methods.main([*argv, "--extra", "resrep=--lasso-strength 1e-3"])
 
 
+@pytest.mark.slow
 def test_seeds_and_targets_give_means_curves_and_verdicts(tmp_path):
     out = str(tmp_path / "cmp")
     argv = [*SMOKE, "-o", out, "--methods", "sfp", "--seeds", "0,1", "--macs-target", "0.4,0.6"]
@@ -152,7 +156,7 @@ def test_aggregate_means_stds_and_the_worst_proof():
     (["--macs-target", "0.5,x"], "--macs-target '0.5,x': expected a comma list of numbers"),
     (["--seeds", "0,0"], "--seeds 0,0: give distinct seeds"),
     (["-a", "src57"], "unknown arch 'src57'"),
-    (["--base", "/nonexistent.hdf5"], "--base /nonexistent.hdf5: no such file"),
+    (["--base", "/nonexistent.hdf5"], "--init /nonexistent.hdf5: no such file"),  # --base: the older spelling
     (["--extra", "pruning=--epochs 2"], "--extra 'pruning=--epochs 2': expected STAGE=FLAGS"),
 ])
 def test_bad_input_gives_one_error_line(argv, needle, capsys):

@@ -5,13 +5,13 @@ import random
 
 import pytest
 import torch
+from helpers import SYNTHETIC, example_input, random_model, script, spawn_ranks
 
 from base_model import build_model
-from csgd import do_csgd
 from csgd.centripetal import CentripetalHook, clustered_tensors
 from csgd.clustering import ClusteringError, check_clusters, cluster_groups, even_clusters, kmeans
+from csgd.method import CSGD
 from csgd.schedule import default_schedule, target_deps
-from helpers import example_input, random_model, spawn_ranks
 from utils.command import run_main
 from utils.pruning.channel_graph import PRUNABLE_ROLES, arch_graph, arch_graph_at
 from utils.pruning.convert import convert
@@ -22,8 +22,10 @@ from utils.training import dist
 from utils.training.data import make_loaders
 from utils.training.engine import TrainConfig, Trainer, param_groups
 
-SMOKE = ["--data", "synthetic", "--batch-size", "32", "--lr", "0.1", "--milestones", "100", "--eval-every", "100",
-         "--device", "cpu", "--deterministic"]
+do_csgd = script(CSGD)
+
+SMOKE = [*SYNTHETIC, "--batch-size", "32", "--lr", "0.1", "--milestones", "", "--eval-every", "100",
+         "--deterministic"]
 
 
 # --- clustering -----------------------------------------------------------------------------------
@@ -242,28 +244,19 @@ def test_schedule_macs_match_the_originals_tables():
 
 
 # --- iterations, end to end -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def base_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "src20.hdf5"
-    torch.manual_seed(0)
-    model = build_model("src20")
-    save_hdf5(path, model.state_dict(), deps=model.deps, arch="src20")
-    return str(path)
-
-
 def csgd(argv, capsys=None):
     with pytest.raises(SystemExit) as e:
         run_main(lambda: do_csgd.main(argv))
     return e.value.code
 
 
-def test_iterations_chain_convert_within_the_deviation_and_are_not_redone(base_file, tmp_path, capsys):
+def test_iterations_chain_convert_within_the_deviation_and_are_not_redone(fresh_base_file, tmp_path, capsys):
     models = str(tmp_path / "m")
     # eps 5 at lr 0.1: the kernels of a cluster collapse within the 40 steps; the BN running statistics
     # follow at the BN momentum, so they are what is left, and the logits match within that.
-    argv = ["-a", "src20", "--init", base_file, "--models-dir", models, *SMOKE, "--epochs", "2", "--max-steps", "40",
-            "--batch-size", "16", "--eps", "5"]
-    result = do_csgd.run(do_csgd.parse([*argv, "-i", "0"]))
+    argv = ["-a", "src20", "--init", fresh_base_file, "--models-dir", models, *SMOKE, "--epochs", "2",
+            "--max-steps", "40", "--batch-size", "16", "--eps", "5"]
+    result = do_csgd.run([*argv, "-i", "0"])
     itr0 = os.path.join(models, "src20_train", "itr0")
     state, deps, attrs = read_hdf5(os.path.join(itr0, "finish_converted.hdf5"))
     info = attrs["conversion"]
@@ -278,10 +271,10 @@ def test_iterations_chain_convert_within_the_deviation_and_are_not_redone(base_f
     assert read_hdf5(os.path.join(itr0, "finish.hdf5"))[1] == [16] * 7 + [32] * 7 + [64] * 7
     assert {"clusters.json", "log.txt", "checkpoint.pth"} <= set(os.listdir(itr0))
     assert csgd([*argv, "-i", "0"]) == 0
-    assert "iteration 0 is already done" in capsys.readouterr().out
+    assert "C-SGD itr0 is already done" in capsys.readouterr().out
     # -i 1 starts from itr0's converted model (no --init)
     argv1 = ["-a", "src20", "-i", "1", "--models-dir", models, *SMOKE, "--epochs", "1", "--max-steps", "2"]
-    result1 = do_csgd.run(do_csgd.parse(argv1))
+    result1 = do_csgd.run(argv1)
     assert result1.model.deps == deps and result1.conversion.deps == [11] * 7 + [22] * 7 + [44] * 7
     # itr 1 reports against itr 0's widths and against the unpruned src20 (the original reported the former only)
     graph, info1 = arch_graph("src20"), result1.conversion.info
@@ -314,7 +307,7 @@ def test_bad_input_gives_one_error_line(argv, needle, tmp_path, monkeypatch, cap
     assert len(err.strip().splitlines()) == 1
 
 
-def test_a_wider_target_is_refused(base_file, tmp_path, capsys):
+def test_a_wider_target_is_refused(fresh_base_file, tmp_path, capsys):
     narrow = build_model("src20", [8] * 21)
     path = tmp_path / "narrow.hdf5"
     save_hdf5(path, narrow.state_dict(), deps=narrow.deps, arch="src20")
@@ -353,13 +346,14 @@ def _ddp_worker(rank, world, base, out):
     # Each rank is given another k-means seed: the clusters must still be rank 0's.
     argv = ["-a", "src20", "-i", "0", "--init", base, "--models-dir", out, *SMOKE, "--epochs", "1",
             "--max-steps", "2", "--cluster-seed", str(rank)]
-    result = do_csgd.run(do_csgd.parse(argv))
-    torch.save({"clusters": result.hook.clusters, "state": result.model.state_dict()},
+    result = do_csgd.run(argv)
+    torch.save({"clusters": result.setup.hook.clusters, "state": result.model.state_dict()},
                os.path.join(out, f"rank{rank}.pt"))
 
 
-def test_two_gloo_processes_share_clusters_and_weights(base_file, tmp_path, precision):
-    spawn_ranks(_ddp_worker, base_file, str(tmp_path))
+@pytest.mark.slow
+def test_two_gloo_processes_share_clusters_and_weights(fresh_base_file, tmp_path, precision):
+    spawn_ranks(_ddp_worker, fresh_base_file, str(tmp_path))
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert a["clusters"] == b["clusters"]
     for k in a["state"]:

@@ -2,11 +2,12 @@
 import subprocess
 import sys
 
+import pytest
 import torch
+from helpers import exit_code
 
 import display_hdf5
 from base_model import build_model, default_deps
-from helpers import exit_code
 from utils.tools.store import save_hdf5
 
 
@@ -39,6 +40,7 @@ def test_file_without_deps(tmp_path, capsys):
     assert "no deps" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_missing_and_non_hdf5_files(tmp_path):
     junk = tmp_path / "junk.hdf5"
     junk.write_text("not hdf5")

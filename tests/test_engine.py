@@ -4,14 +4,23 @@ import os
 
 import pytest
 import torch
+from helpers import gloo_group, spawn_ranks
 from torch import nn
 
 from base_model import build_model
-from helpers import gloo_group, spawn_ranks
 from utils.training import dist
 from utils.training.data import make_loaders
-from utils.training.engine import (NATIVE_BF16_ENV, Hook, NonFiniteLossError, TrainConfig, Trainer, lr_factor,
-                                   native_bf16, param_groups, resolve_amp)
+from utils.training.engine import (
+    NATIVE_BF16_ENV,
+    Hook,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    lr_factor,
+    native_bf16,
+    param_groups,
+    resolve_amp,
+)
 
 
 class TinyNet(nn.Module):
@@ -140,6 +149,7 @@ LOSS_RTOL = {"fp32": 1e-5, "bf16": 1e-3}  # measured in bf16: 1.7e-4
 TOP1_IMAGES = {"fp32": 0, "bf16": 1}  # test images whose prediction may flip
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one(tmp_path, precision):
     torch.set_num_threads(1)
     one, metrics = tiny_run(tmp_path / "one")

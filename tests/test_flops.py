@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_deps
 from torch.utils.flop_counter import FlopCounterMode
 
 from base_model import ARCHS, build_model, default_deps, get_arch
-from helpers import random_deps
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
 
@@ -45,6 +45,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "utils.pruning.flops", *args], cwd=ROOT, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_json():
     out = run_cli("-a", "src56", "--json")
     assert out.returncode == 0, out.stderr
@@ -57,6 +58,7 @@ def test_cli_json():
     assert info["macs"] == 313_463_808 - 32 * 3 * 9 * 1024 - 32 * 64 * 9 * 1024
 
 
+@pytest.mark.slow
 def test_cli_bad_input():
     out = run_cli("-a", "src56", "--deps", "16,16")
     assert out.returncode == 2 and "deps has 2 entries but must have 57" in out.stderr

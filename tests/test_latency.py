@@ -5,12 +5,13 @@ import re
 
 import pytest
 import torch
+from helpers import example_input, exit_code, random_model
 
 from benchmarks import bench_latency
-from helpers import example_input, exit_code, random_model
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
-from utils.tools.latency import ORT, deploy_form, measure, onnx_runtime_models
+from utils.tools.deploy import deploy_form
+from utils.tools.latency import ORT, measure, onnx_runtime_models
 from utils.tools.store import save_hdf5
 
 NARROW = [16, 8, 16, 8, 16, 8, 16, 32, 16, 32, 16, 32, 16, 32, 64, 32, 64, 32, 64, 32, 64]
@@ -62,6 +63,7 @@ def test_onnx_runtime_runs_the_same_fused_network_with_pytorchs_threads():
         assert (got - want).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_runtime_is_timed_in_the_same_turns_as_pytorch():
     models = {"narrow": random_model("src20", NARROW), "base": random_model("src20")}
     ms = measure(models, "src20", 32, "cpu", batches=(1, 2), repeats=2, forms=("fused",), onnx=True)
@@ -74,6 +76,7 @@ def test_onnx_runtime_is_timed_in_the_same_turns_as_pytorch():
         measure(models, "src20", 32, "cuda", repeats=1, onnx=True)
 
 
+@pytest.mark.slow
 def test_the_benchmark_adds_onnx_runtime_rows_with_model_base_and_speed_up(capsys):
     argv = ["-a", "src20", "--deps", ",".join(map(str, NARROW)), "--repeats", "2", "--warmup", "1", "--batches", "1,2"]
     assert exit_code(bench_latency.main, [*argv, "--forms", "fused", "--onnx", "--json"]) == 0

@@ -8,17 +8,19 @@ import sys
 
 import pytest
 import torch
+from helpers import SYNTHETIC, script
 
 from base_model import default_deps
-from helpers import random_model
-from rr import exp_resrep
 from rr.masks import LatencyCounter, select_masks
+from rr.method import RESREP
 from utils.pruning.channel_graph import arch_graph
 from utils.tools import latency_table as lt
-from utils.tools.store import read_attrs, save_hdf5
+from utils.tools.store import read_attrs
+
+exp_resrep = script(RESREP)
 
 BATCH = 2  # tiny: the table and the speed-up are measured in a second or two
-SMOKE = ["-a", "src20", "--data", "synthetic", "--device", "cpu", "--epochs", "1", "--batch-size", "32",
+SMOKE = ["-a", "src20", *SYNTHETIC, "--epochs", "1", "--batch-size", "32",
          "--deterministic"]
 
 
@@ -142,14 +144,6 @@ def test_the_walk_without_a_latency_target_is_the_macs_walk(table):
         select_masks(graph, base, norms, {}, None, latency_target=0.5)
 
 
-@pytest.fixture(scope="module")
-def base_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "base.hdf5"
-    model = random_model("src20")
-    save_hdf5(path, model.state_dict(), deps=model.deps, arch="src20")
-    return path
-
-
 def test_a_resrep_run_with_a_latency_target_converts_exactly_and_records_both_speedups(tmp_path, base_file, cache):
     exp_resrep.main([*SMOKE, "--init", str(base_file), "-o", str(tmp_path), "--max-steps", "4",
                      "--before-mask-iters", "0", "--mask-interval", "1", "--begin-granularity", "1000",
@@ -165,7 +159,7 @@ def test_a_resrep_run_with_a_latency_target_converts_exactly_and_records_both_sp
     log = open(tmp_path / "log.txt").read()
     assert "predicted speed-up" in log and "measured" in log and "latency target 0.9 met" in log
     config = json.load(open(tmp_path / "config.json"))
-    assert config["extra"]["resrep"]["latency_target"] == 0.9 and config["extra"]["resrep"]["flops_target"] is None
+    assert config["extra"]["resrep"]["latency_target"] == 0.9 and config["extra"]["resrep"]["macs_target"] is None
 
 
 def test_a_latency_target_out_of_reach_is_warned_about(tmp_path, base_file, cache):
@@ -175,7 +169,7 @@ def test_a_latency_target_out_of_reach_is_warned_about(tmp_path, base_file, cach
     assert "warning: latency target 0.2 is out of reach" in open(tmp_path / "log.txt").read()
 
 
-@pytest.mark.parametrize("flags, match", [(["--latency-target", "0.5", "--flops-target", "0.5"], "exclude"),
+@pytest.mark.parametrize("flags, match", [(["--latency-target", "0.5", "--flops-target", "0.5"], "it replaces --macs-target"),
                                           (["--latency-target", "0"], "latency-target"),
                                           (["--latency-target", "0.5", "--latency-batch", "0"], "latency-batch")])
 def test_bad_latency_flags_are_refused(tmp_path, base_file, flags, match):
@@ -186,6 +180,7 @@ def test_bad_latency_flags_are_refused(tmp_path, base_file, flags, match):
 
 def test_the_comparison_passes_the_latency_target_to_resrep_only(monkeypatch, tmp_path):
     import compare_methods
+    from utils.registry import REGISTRY
 
     args = compare_methods.parse(["--latency-target", "0.6", "-o", str(tmp_path)])
     assert args.latency_targets == [0.6]
@@ -193,20 +188,20 @@ def test_the_comparison_passes_the_latency_target_to_resrep_only(monkeypatch, tm
         compare_methods.parse(["--macs-target", "0.3,0.5", "--latency-target", "0.6"])
     seen = {}
 
-    def run(self, folder, label, script, argv, done, main):
-        seen[script] = (folder, label, argv)
+    def run(self, method, folder, label, argv, done):
+        seen[method.script] = (folder, label, argv)
         raise StopIteration
 
     monkeypatch.setattr(compare_methods.Stages, "run", run)
     stages = compare_methods.Stages(args)
     for name in ("resrep", "csgd"):
         with pytest.raises(StopIteration):
-            stages.entry(compare_methods.ENTRIES[name], "base.hdf5", 0.5, 0)
+            stages.entry(REGISTRY[name], "base.hdf5", 0.5, 0)
     folder, label, argv = seen["rr/exp_resrep.py"]
-    assert argv[argv.index("--latency-target") + 1] == "0.6" and "--flops-target" not in argv
+    assert argv[argv.index("--latency-target") + 1] == "0.6" and "--macs-target" not in argv
     assert folder.endswith(os.path.join("resrep", "latency0.6-seed0")) and "latency" in label
-    assert "--latency-target" not in seen["csgd/do_csgd.py"][2]
-    note = compare_methods.ENTRIES["resrep"].note(
+    assert "--latency-target" not in seen["csgd/do_csgd.py"][2] and "--macs-target" in seen["csgd/do_csgd.py"][2]
+    note = REGISTRY["resrep"].note(
         {"pruned_row_norm": 0.0, "latency": {"target": 0.6, "batch": 64, "device": "cpu", "predicted_speedup": 1.8,
                                              "measured_speedup": 1.5}}, None)
     assert "predicted speed-up 1.80x, measured 1.50x" in note and "MACs target" in note

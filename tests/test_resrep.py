@@ -7,24 +7,25 @@ import sys
 
 import pytest
 import torch
+from helpers import SYNTHETIC, TEST_INPUT, example_input, gloo_group, random_model, script, spawn_ranks
+from resrep_helpers import Probe, masked_count, one_thread, perturb_compactors, random_masks, resrep, tiny_trainer  # noqa: F401
 
 from base_model import build_model
-from helpers import TEST_INPUT, example_input, gloo_group, random_model, spawn_ranks
-from resrep_helpers import (Probe, masked_count, one_thread, perturb_compactors, random_masks,  # noqa: F401
-                            resrep, tiny_trainer)
-from rr import exp_resrep
 from rr.compactor import Compactor, PrunedGroup, compactor_rule, insert_compactors, resrep_model
 from rr.convert import convert_state, pruned_row_norm, zero_masked_rows
 from rr.masks import select_masks
+from rr.method import RESREP
 from rr.resrep import ResRepConfig, ResRepHook, reset_gradients
 from utils.command import run_main
 from utils.pruning.channel_graph import arch_graph_at
 from utils.pruning.flops import count
-from utils.tools.store import load_hdf5, model_from_hdf5, read_hdf5, save_hdf5
+from utils.tools.store import load_hdf5, model_from_hdf5, read_hdf5
 from utils.training import dist
 from utils.training.cli import base_weights
 from utils.training.data import make_loaders
 from utils.training.engine import TrainConfig, Trainer, param_groups
+
+exp_resrep = script(RESREP)
 
 
 # --- compactors -----------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def short_training(arch, tmp_path, steps=4, batch=8):
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, schedule="cosine", max_steps=steps, eval_every=1,
                       output=str(tmp_path))
     train, val = make_loaders("synthetic", None, batch, "cpu", image_size=TEST_INPUT[arch], num_classes=10)
-    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(flops_target=0.5, before_mask_iters=1, mask_interval=1,
+    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(macs_target=0.5, before_mask_iters=1, mask_interval=1,
                                                               begin_granularity=40, lasso_strength=0.1))
     trainer = Trainer(cfg, model, train, val, dist.DistContext(), hooks=[hook], param_rule=compactor_rule(groups))
     trainer.train_one_epoch(0)  # the training loop alone: no evaluation, no files
@@ -219,7 +220,7 @@ def _ddp_worker(rank, world, out, graph):
     with gloo_group() as ctx:
         model = random_model("src20")  # identity compactors: the ranking comes from training alone
         groups = insert_compactors(model, graph)  # the parent's graph: tracing it again costs seconds
-        hook = ResRepHook(graph, model.deps, groups, ResRepConfig(flops_target=0.3, before_mask_iters=0,
+        hook = ResRepHook(graph, model.deps, groups, ResRepConfig(macs_target=0.3, before_mask_iters=0,
                                                                   mask_interval=2, begin_granularity=5,
                                                                   lasso_strength=0.01))
         before, after = [], []
@@ -234,6 +235,7 @@ def _ddp_worker(rank, world, out, graph):
                     "before": before, "after": after}, os.path.join(out, f"rank{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_alike_and_choose_the_masks_one_process_would(tmp_path, precision):
     _, graph, groups = resrep("src20")
     spawn_ranks(_ddp_worker, str(tmp_path), graph)
@@ -269,19 +271,10 @@ def test_two_gloo_processes_train_alike_and_choose_the_masks_one_process_would(t
 
 # --- the entry script -----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def base_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "src20.hdf5"
-    model = random_model("src20")
-    save_hdf5(path, model.state_dict(), deps=model.deps, arch="src20")
-    return str(path)
-
-
 def script_args(base_file, out, steps=6, *extra):
-    return ["-a", "src20", "--init", base_file, "--data", "synthetic", "--epochs", "1", "--batch-size", "32",
+    return ["-a", "src20", "--init", base_file, *SYNTHETIC, "--epochs", "1", "--batch-size", "32",
             "--max-steps", str(steps), "--before-mask-iters", "0", "--mask-interval", "2", "--begin-granularity", "30",
-            "--lasso-strength", "0.01", "--deterministic", "--ckpt-every", "2", "--device", "cpu", "-o", str(out),
-            *extra]
+            "--lasso-strength", "0.01", "--deterministic", "--ckpt-every", "2", "-o", str(out), *extra]
 
 
 def test_script_trains_converts_and_proves_it(base_file, tmp_path, capsys):
@@ -306,6 +299,7 @@ def test_script_trains_converts_and_proves_it(base_file, tmp_path, capsys):
     assert "warning: pruned rows with norms up to" in log  # six steps: the masked rows have not decayed
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_one(base_file, tmp_path, capsys, precision):
     exp_resrep.main(script_args(base_file, tmp_path / "whole", 8))
     exp_resrep.main(script_args(base_file, tmp_path / "cut", 5))
@@ -322,8 +316,8 @@ def test_resumed_run_equals_an_uninterrupted_one(base_file, tmp_path, capsys, pr
 @pytest.mark.parametrize("extra, needle", [
     (["--init", "/nonexistent/src20.hdf5"], "/nonexistent/src20.hdf5: no such file (the default base model, "
                                             "src20_train/finish.hdf5, is made by `python train_base_model.py -a src20`)"),
-    (["--num-at-least", "0"], "--num-at-least must be at least 1, got 0"),
-    (["--flops-target", "1.5"], "--flops-target is the fraction of MACs to keep"),
+    (["--num-at-least", "0"], "--num-at-least 0: must be at least 1"),
+    (["--flops-target", "1.5"], "--flops-target 1.5: the fraction of the MACs to keep must be in (0, 1]"),
     (["--roles", "output"], "--groups 'output': use 'all' or a comma list of roles"),
 ])
 def test_bad_input_gives_one_error_line(base_file, tmp_path, capsys, extra, needle):
@@ -355,5 +349,5 @@ def test_script_runs_from_the_repo_root_without_pythonpath(tmp_path):
 
 def test_resuming_with_other_resrep_settings_is_refused(base_file, tmp_path):
     exp_resrep.main(script_args(base_file, tmp_path, 2))
-    with pytest.raises(ValueError, match="flops_target: 0.471 -> 0.3"):
+    with pytest.raises(ValueError, match="macs_target: 0.471 -> 0.3"):
         exp_resrep.main(script_args(base_file, tmp_path, 4, "--flops-target", "0.3"))

@@ -5,15 +5,14 @@ import random
 
 import pytest
 import torch
+from resrep_helpers import Probe, masked_count, one_thread, perturb_compactors, resrep, tiny_trainer  # noqa: F401
 
 from base_model import build_model
-from resrep_helpers import Probe, masked_count, one_thread, perturb_compactors, resrep, tiny_trainer  # noqa: F401
 from rr.compactor import resrep_model
 from rr.masks import MacsCounter, select_masks
 from rr.resrep import ResRepConfig, ResRepHook
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
-
 
 # --- mask selection -------------------------------------------------------------------------------
 
@@ -159,11 +158,11 @@ def test_our_cap_counts_only_masked_rows_the_originals_counts_skipped_entries_to
 
 def test_repeated_updates_grow_by_the_granularity_until_the_target():
     model, graph, groups = resrep("src56")
-    cfg = ResRepConfig(flops_target=0.471, before_mask_iters=0, mask_interval=1, begin_granularity=4, num_at_least=1)
+    cfg = ResRepConfig(macs_target=0.471, before_mask_iters=0, mask_interval=1, begin_granularity=4, num_at_least=1)
     hook = ResRepHook(graph, model.deps, groups, cfg)
     perturb_compactors(groups, 1.0)
     norms = {pg.id: pg.norms() for pg in groups}
-    final = original_walk(graph, model.deps, norms, {}, cfg.flops_target, math.inf, 1)  # the shortest prefix
+    final = original_walk(graph, model.deps, norms, {}, cfg.macs_target, math.inf, 1)  # the shortest prefix
     total = len(final.rows)
     k = -(-total // 4)  # updates until the target: 4 more rows each, the last one possibly fewer
     assert k > 10
@@ -177,7 +176,7 @@ def test_repeated_updates_grow_by_the_granularity_until_the_target():
         counts.append(len(rows))
         ratios.append(count(graph, hook.masked_deps())[0] / base)
     assert counts == [4 * i for i in range(1, k)] + [total, total]
-    assert ratios[-3] > cfg.flops_target >= ratios[-2] == ratios[-1]
+    assert ratios[-3] > cfg.macs_target >= ratios[-2] == ratios[-1]
     assert chosen == final.masks(norms) and hook.updates == k + 1
     deps = hook.masked_deps()
     for pg in groups:  # converted width = origin - masked, never below num_at_least
@@ -188,7 +187,7 @@ def test_mask_update_on_sres50_meets_the_target_with_the_fewest_smallest_rows():
     # How fast it is is measured by benchmarks/; here it must finish and meet the target, and no sooner.
     model, graph, groups = resrep_model("sres50")
     perturb_compactors(groups, 1.0)
-    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(flops_target=0.455, begin_granularity=10**9))
+    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(macs_target=0.455, begin_granularity=10**9))
     hook.update_masks()
     base = count(graph, model.deps)[0]
     assert count(graph, hook.masked_deps())[0] <= 0.455 * base
@@ -208,7 +207,7 @@ def test_mask_updates_happen_at_the_originals_steps(tmp_path, before, interval, 
     """The original's trigger: it > before_mask_iters and (it - before_mask_iters) % mask_interval == 0, with
     `it` the number of steps taken. A probe after the ResRepHook sees every step's updates and masks."""
     model, graph, groups = resrep("src20")
-    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(flops_target=0.3, before_mask_iters=before,
+    hook = ResRepHook(graph, model.deps, groups, ResRepConfig(macs_target=0.3, before_mask_iters=before,
                                                               mask_interval=interval, begin_granularity=3))
     seen = []
     probe = Probe(after_step=lambda t: seen.append((t.step, hook.updates, masked_count(groups))))

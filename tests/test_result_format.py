@@ -6,20 +6,25 @@ import shutil
 
 import pytest
 import torch
+from helpers import SYNTHETIC, random_model, script
 
-from aofp import do_aofp
-from csgd import do_csgd
-from helpers import random_model
-from rr import exp_resrep
+from aofp.method import AOFP
+from csgd.method import CSGD
 from rr.compactor import resrep_model
 from rr.convert import convert_state
-from sfp import do_sfp
+from rr.method import RESREP
+from sfp.method import SFP
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.surgery import keep, merge, narrow
 from utils.tools.store import load_state, read_hdf5, save_hdf5
 from utils.training.skeleton import converted_file
 
-SMOKE = ["-a", "src20", "--data", "synthetic", "--device", "cpu", "--epochs", "1", "--batch-size", "32",
+exp_resrep = script(RESREP)
+do_csgd = script(CSGD)
+do_aofp = script(AOFP)
+do_sfp = script(SFP)
+
+SMOKE = ["-a", "src20", *SYNTHETIC, "--epochs", "1", "--batch-size", "32",
          "--deterministic"]
 METHODS = {  # each method's flags for a few steps that prune something
     "resrep": (exp_resrep.main, ["--max-steps", "4", "--before-mask-iters", "0", "--mask-interval", "1",
@@ -122,9 +127,9 @@ def test_a_run_written_under_the_old_names_still_counts(runs, tmp_path, capsys):
     assert converted_file(itr0) == str(itr0 / "pruned.hdf5")
     argv = [*SMOKE, "--models-dir", str(tmp_path / "m"), "--max-steps", "2", "--ratios", "0.5,0.25",
             "--groups", "internal"]
-    assert do_csgd.run(do_csgd.parse([*argv, "-i", "0"])) is None  # done already
-    assert "iteration 0 is already done" in capsys.readouterr().out
-    run = do_csgd.run(do_csgd.parse([*argv, "-i", "1"]))  # starts from the old file
+    assert do_csgd.run([*argv, "-i", "0"]) is None  # done already
+    assert "C-SGD itr0 is already done" in capsys.readouterr().out
+    run = do_csgd.run([*argv, "-i", "1"])  # starts from the old file
     assert run.init == str(itr0 / "pruned.hdf5") and run.model.deps == read_hdf5(itr0 / "pruned.hdf5")[1]
     old = tmp_path / "aofp"
     os.makedirs(old)

@@ -4,20 +4,25 @@ from fractions import Fraction
 
 import pytest
 import torch
+from helpers import SYNTHETIC, script
 
 from base_model import default_deps
-from baselines import l1, scratch
+from baselines.from_scratch import SCRATCH
+from baselines.l1_pruning import L1
 from csgd.schedule import Schedule, target_deps
-from helpers import random_model
-from rr import exp_resrep
 from rr.masks import select_masks
-from sfp import do_sfp
+from rr.method import RESREP
+from sfp.method import SFP
 from sfp.zeroing import num_pruned
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import align, count, uniform_deps, uniform_ratio
-from utils.tools.store import read_hdf5, save_hdf5
+from utils.tools.store import read_hdf5
 
-SMOKE = ["-a", "src20", "--data", "synthetic", "--device", "cpu", "--epochs", "1", "--batch-size", "32",
+exp_resrep = script(RESREP)
+do_sfp = script(SFP)
+l1, scratch = script(L1), script(SCRATCH)
+
+SMOKE = ["-a", "src20", *SYNTHETIC, "--epochs", "1", "--batch-size", "32",
          "--deterministic"]
 
 
@@ -85,14 +90,6 @@ def test_sfp_kept_counts_are_aligned():
     assert [64 - num_pruned(64, r) for r in (0.3, 0.5, 0.6, 0.7)] == [20, 32, 39, 45]  # N = 1: int(N*(1-rate))
 
 
-@pytest.fixture(scope="module")
-def base_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("round") / "base.hdf5"
-    model = random_model("src20")
-    save_hdf5(path, model.state_dict(), deps=model.deps, arch="src20")
-    return path
-
-
 RUNS = {
     "resrep": (exp_resrep.main, ["--max-steps", "4", "--before-mask-iters", "0", "--mask-interval", "1",
                                  "--begin-granularity", "1000", "--flops-target", "0.6"], "internal"),
@@ -119,7 +116,8 @@ def test_runs_with_round_to_convert_exactly_to_aligned_widths(tmp_path, base_fil
 
 def test_scratch_widths_are_aligned():
     args = scratch.parse(["-a", "src56", "--macs-target", "0.5", "--round-to", "8"])
-    assert all(d % 8 == 0 for d in scratch.narrow_deps(args))
+    scratch.method.validate(args)
+    assert all(d % 8 == 0 for d in args.deps) and args.deps != default_deps("src56")
 
 
 @pytest.mark.parametrize("main", [exp_resrep.main, do_sfp.main, l1.main])
@@ -131,11 +129,12 @@ def test_round_to_below_1_is_refused(tmp_path, base_file, main):
 
 def test_the_comparison_takes_groups_and_round_to():
     import compare_methods
+    from utils.registry import REGISTRY
 
     args = compare_methods.parse(["--groups", "all", "--round-to", "8"])
     assert (args.groups, args.round_to) == ("all", 8)
-    ratios = {name: compare_methods.ENTRIES[name].aim("src56", 0.5, "all", 8)[1] for name in ("csgd", "sfp", "l1")}
-    assert all(r is not None for r in ratios.values())
+    ratios = {name: REGISTRY[name].solve("src56", 0.5, "all", 8) for name in ("csgd", "sfp", "l1", "scratch")}
+    assert all(0 < float(r) < 1 for r in ratios.values()) and ratios["l1"] == ratios["scratch"] == ratios["csgd"]
     with pytest.raises(ValueError, match="--round-to 0"):
         compare_methods.parse(["--round-to", "0"])
 

@@ -5,21 +5,22 @@ import os
 
 import pytest
 import torch
+from helpers import SYNTHETIC, example_input, gloo_group, random_model, script, spawn_ranks
 
 from base_model import build_model
-from helpers import example_input, gloo_group, random_model, spawn_ranks
-from sfp import do_sfp
 from sfp.convert import kept
-from sfp.do_sfp import RECIPES
 from sfp.flops import sfp_cifar_flops, sfp_cifar_reduction
+from sfp.method import RECIPES, SFP
 from sfp.zeroing import SoftFilterZeroing, choose, num_pruned
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.convert import convert
 from utils.pruning.zeroing import zero_channels
 from utils.tools.store import read_hdf5
-from utils.training import dist
+from utils.training import dist, skeleton
 from utils.training.data import make_loaders
 from utils.training.engine import TrainConfig, Trainer, param_groups
+
+do_sfp = script(SFP)
 
 
 def _rows(model, name):
@@ -213,6 +214,7 @@ def _ddp_worker(rank, world, out):
         torch.save({"pruned": hook.pruned, "params": params}, os.path.join(out, f"rank{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_zero_the_same_filters(tmp_path, precision):
     spawn_ranks(_ddp_worker, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
@@ -223,8 +225,8 @@ def test_two_gloo_processes_zero_the_same_filters(tmp_path, precision):
 
 def test_do_sfp_writes_an_exact_small_model(tmp_path, capsys):
     out = tmp_path / "run"
-    do_sfp.main(["-a", "src20", "--data", "synthetic", "--epochs", "1", "--batch-size", "64", "--max-steps", "3",
-                 "--device", "cpu", "--deterministic", "-o", str(out)])
+    do_sfp.main(["-a", "src20", *SYNTHETIC, "--epochs", "1", "--batch-size", "64", "--max-steps", "3",
+                 "--deterministic", "-o", str(out)])
     text = capsys.readouterr().out
     assert "sfp zeroing 1 (start)" in text and "sfp zeroing 2 (end)" in text  # stopped mid-epoch: zeroed again
     assert "SFP's idealised formula (option-A ResNet-20" in text and "fewer MACs" in text
@@ -248,7 +250,7 @@ def test_do_sfp_writes_an_exact_small_model(tmp_path, capsys):
     (["--init", "no/such/file.hdf5"], "no such file"),
 ])
 def test_bad_input_is_refused_before_training(argv, match, tmp_path):
-    argv = ["-a", "src20", "--data", "synthetic", "-o", str(tmp_path), *argv]
+    argv = ["-a", "src20", *SYNTHETIC, "-o", str(tmp_path), *argv]
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         do_sfp.main(argv)
     assert not os.listdir(tmp_path)
@@ -262,3 +264,23 @@ def test_sfp_flops_formula_matches_the_paper():
     # with the floored pruned counts the masks really produce
     assert round(100 * sfp_cifar_reduction(56, 0.6, floored=True), 2) == 50.41
     assert round(100 * sfp_cifar_reduction(56, 0.7, floored=True), 2) == 38.05
+
+
+def test_the_command_lines_default_keeps_the_training_soft():
+    """`python sfp/do_sfp.py` with no --bn-zero: during training only the conv weights of the zeroed filters are
+    zeroed (their BN weight and bias keep training, so a filter may regrow, as the original); at the end BN is zeroed
+    too, so the zeroed net is exactly the small one. A default of `always` (hard) or `never` fails here."""
+    args = skeleton.parse(SFP, ["-a", "src20", "--init", "x.hdf5", "--groups", "internal"])
+    SFP.validate(args)
+    model = random_model("src20", seed=2)
+    graph = arch_graph("src20")
+    run = type("Run", (), {"args": args, "graph": graph})
+    zeroing = SFP.prepare(run).hook
+    pruned = zeroing.apply(model, log=lambda line: None, when=" (after epoch 1)")
+    bn_rows = lambda p, idx: (model.get_submodule(p.bn).weight[idx], model.get_submodule(p.bn).bias[idx])
+    some = next(g for g in graph.select("internal") if pruned[g.id])
+    producer, idx = some.producers[0], pruned[some.id]
+    assert model.get_submodule(producer.conv).weight[idx].abs().max() == 0
+    assert all(t.abs().min() > 0 for t in bn_rows(producer, idx))  # soft: BN of the zeroed filters untouched
+    zeroing.apply(model, log=lambda line: None, when=" (end)", final=True)
+    assert all(t.abs().max() == 0 for t in bn_rows(producer, zeroing.pruned[some.id]))  # the end: BN too

@@ -7,14 +7,17 @@ import time
 
 import pytest
 import torch
+from helpers import SYNTHETIC, script
 
-import train_base_model
+from baselines.plain import BASE
 from utils.command import run_main
 from utils.tools.store import read_hdf5
 
+train_base_model = script(BASE)
+
 REAL_CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg.tar.gz")
-SMOKE = ["-a", "src20", "--data", "synthetic", "--epochs", "3", "--batch-size", "32", "--lr", "0.05",
-         "--milestones", "2", "--deterministic", "--ckpt-every", "5", "--device", "cpu"]
+SMOKE = ["-a", "src20", *SYNTHETIC, "--epochs", "3", "--batch-size", "32", "--lr", "0.05", "--milestones", "2",
+         "--deterministic", "--ckpt-every", "5"]
 
 
 def run(args, **kw):
@@ -22,6 +25,7 @@ def run(args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path, precision):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     p = run([*SMOKE, "-o", str(whole)])
@@ -46,6 +50,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, precision):
 
 
 @pytest.mark.skipif(not os.path.exists(REAL_CIFAR), reason="../shared/data/cifar10-jpeg.tar.gz is absent")
+@pytest.mark.slow
 def test_src20_learns_on_real_cifar10(tmp_path, capsys):
     # 150 steps of 128 images (under half an epoch) reach 32.9 % top-1 on the 10,000 test images with
     # this seed (docs/RESULTS.md); 25 % is far above chance (10 %) yet leaves room for thread-order noise.

@@ -1,10 +1,31 @@
-"""One way every command-line tool turns errors into an exit code: `run_main(main)`.
+"""One way every command-line tool turns errors into an exit code: `run_main(main)`, with `ArgumentParser`.
 
 An error the user can act on (a bad flag, a missing or damaged file, a diverged run) is a ValueError, a
 FileNotFoundError or a `RunError`: it is printed as one `error:` line and the exit code is 2. Ctrl-C
 says how to resume (130). Anything else is a bug and keeps its traceback.
 """
+import argparse
+import re
 import sys
+
+KINDS = {"int": "an integer", "float": "a number", "finite": "a finite number",
+         "fraction": "a fraction such as 0.5 or 1/2"}  # what argparse's "invalid <type> value" means in words
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are ValueErrors, so that a bad flag is the same one `error: --flag VALUE: ...` line and
+    exit code 2 (through run_main) as every other refusal, not a usage block; the description keeps its layout."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        bad = re.fullmatch(r"argument (\S+?)(?:/\S+)?: invalid (\w+) value: '(.*)'", message)
+        if bad:
+            flag, kind, value = bad.groups()
+            message = f"{flag} {value}: expected {KINDS.get(kind, kind)}"
+        raise ValueError(f"{message} (see {self.prog} -h)")
 
 
 class RunError(RuntimeError):

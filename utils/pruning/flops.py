@@ -9,14 +9,13 @@ Unlike the original ResNet-56 script, which counts the two 1x1 projections as 2x
 
     python -m utils.pruning.flops -a src56 [--deps 16,16,...] [--json]
 """
-import argparse
 import json
 import math
 from fractions import Fraction
 
 import torch
 
-from utils.command import run_main
+from utils.command import ArgumentParser, run_main
 
 from .channel_graph import arch_graph
 
@@ -94,7 +93,7 @@ def arch_cost(arch, deps=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-a", "--arch", required=True)
     p.add_argument("--deps", help="comma-separated conv widths (default: the arch's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

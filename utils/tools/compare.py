@@ -1,39 +1,11 @@
-"""The comparison's parts that are not orchestration: what it asks of each method and baseline (`Entry`,
-one per package, in its comparison.py), how runs over seeds become mean +- std (`aggregate`), the sentences
-that say which method beats which baseline (`verdicts`), and the markdown table. Pure functions of the
-rows compare_methods.py measures; the plots are in plots.py."""
+"""The comparison's parts that are not orchestration: how runs over seeds become mean +- std (`aggregate`), the
+sentences that say which method beats which baseline (`verdicts`), and the markdown table. Pure functions of the
+rows compare_methods.py measures; the plots are in plots.py. What the comparison asks of each method and
+baseline is its `Method` (utils/training/method.py), registered in utils/registry.py."""
 import statistics
-from dataclasses import dataclass, field
-from typing import Callable
 
 EXACT_TOL = 1e-3  # a conversion is exact when the logits agree within float32 round-off (|logits| ~ 10)
 JUDGED_AGAINST = ("l1", "scratch")  # the baselines every method is judged against (Li et al.; Liu et al.)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """What a method or a baseline tells the comparison. Its stage runs `main(argv)`, the entry script
-    `script`, with `-a ARCH [--init BASE] -o FOLDER [--groups G]`, the flags `aim(arch, macs_target, groups, round_to)`
-    returns, and the budget's flags; it is done when `done` (relative to its folder) exists. `note(conversion,
-    setting)` is the table's footnote: `conversion` is the converted file's `conversion` attribute (empty for
-    an entry that converts nothing), `setting` the second value `aim` returned (a solved ratio or rate)."""
-    name: str  # the stage folder and the JSON key: "resrep"
-    label: str  # "ResRep"
-    script: str  # as a user types it: "rr/exp_resrep.py"
-    main: Callable  # main(argv)
-    aim: Callable  # (arch, macs_target, groups, round_to) -> (flags, setting)
-    budgets: dict = field(default_factory=dict)  # {"demo": flags, "smoke": flags, "paper": flags (often none)}
-    note: Callable = lambda conversion, setting: ""
-    final: str | None = None  # the network whose accuracy is final, when not the converted one (a fine-tune)
-    done: str = "finish_converted.hdf5"
-    converts: bool = True  # writes finish_converted.hdf5 with its proof (scratch and base+ do not)
-    from_base: bool = True  # starts from the comparison's base (--init BASE)
-    groups: bool = True  # takes --groups
-    per_target: bool = True  # runs once per MACs target (base+ does not prune: once per seed)
-    baseline: bool = False  # a baseline row rather than a method
-    # (arch, latency_target, groups, round_to) -> (flags, setting): how it aims at a fraction of the base's
-    # latency instead, under the comparison's --latency-target (ResRep); None: it aims at the MACs target
-    aim_latency: Callable | None = None
 
 
 # --- runs over seeds ------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ a dynamic batch dimension. `check_onnx` runs the file in ONNX Runtime and compar
     python -m utils.tools.export resrep_models/src56_train/finish_converted.hdf5            # -> ..._converted.onnx
     python -m utils.tools.export FILE.hdf5 -o model.onnx --batch 8
 """
-import argparse
 import contextlib
 import io
 import os
@@ -14,9 +13,9 @@ import torch
 
 from base_model import get_arch
 from utils.atomic import atomic_write
-from utils.command import RunError, run_main
+from utils.command import ArgumentParser, RunError, run_main
 
-from .latency import deploy_form
+from .deploy import deploy_form
 from .store import model_from_hdf5
 
 INPUT, OUTPUT = "images", "logits"
@@ -68,7 +67,7 @@ def check_onnx(path, fused, images):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("file", help="an hdf5 weight file (a converted network carries its deps)")
     p.add_argument("-a", "--arch", help="the arch, when the file does not say")
     p.add_argument("-o", "--output", help="the .onnx file (default: beside the hdf5, same name)")

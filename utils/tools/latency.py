@@ -2,7 +2,6 @@
 events); as trained (conv+BN) and in the BN-fused deploy form; optionally the fused form exported to ONNX and
 run in ONNX Runtime, in the same turns. Used by benchmarks/bench_latency.py and by the comparison of the four
 methods."""
-import copy
 import os
 import statistics
 import tempfile
@@ -10,8 +9,8 @@ import time
 
 import torch
 
-from utils.pruning.channel_graph import arch_graph
-from utils.pruning.surgery import fuse_bn
+from .deploy import deploy_form
+from .export import INPUT, OUTPUT, export_onnx, onnx_session
 
 FORMS = ("conv+bn", "fused")
 ORT = "onnxruntime"  # the 4th element of a timing's key when ONNX Runtime, not PyTorch, ran it
@@ -53,21 +52,11 @@ def interleaved_ms(models, batch, size, device, dtype=torch.float32, warmup=5, r
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def deploy_form(model, arch, num_classes=None):
-    """A BN-fused copy (eval only); a model already fused (BN modules gone) is returned as a copy."""
-    fused = copy.deepcopy(model).eval()
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules()):
-        return fused
-    return fuse_bn(fused, arch_graph(arch, num_classes))
-
-
 class OnnxRuntimeModel(torch.nn.Module):
     """An ONNX Runtime session as a module (CPU tensors in and out, fp32), so interleaved_ms times it in turns
     with PyTorch models on the same input."""
 
     def __init__(self, session):
-        from .export import INPUT, OUTPUT  # export.py imports this module
-
         super().__init__()
         self.session, self.input, self.outputs = session, INPUT, [OUTPUT]
 
@@ -79,8 +68,6 @@ def onnx_runtime_models(models, arch, num_classes=None, threads=None):
     """{name: OnnxRuntimeModel} of each model's BN-fused form, exported to ONNX (utils/tools/export.py) and
     loaded in ONNX Runtime's CPU execution provider with `threads` intra-op threads (default: PyTorch's
     torch.get_num_threads(), so both engines get the same cores)."""
-    from .export import export_onnx, onnx_session  # export.py imports this module
-
     threads = threads or torch.get_num_threads()
     out = {}
     with tempfile.TemporaryDirectory() as folder:  # a session holds its model in memory: the files can go

@@ -16,7 +16,6 @@ A net's predicted latency is the sum of its layers' predicted latencies. That ig
 ReLUs, pooling, memory traffic between layers, launch overhead): it is a ranking model, for choosing which
 channels to prune, and whoever uses it reports the measured speed-up beside the predicted one.
 """
-import argparse
 import bisect
 import hashlib
 import json
@@ -31,10 +30,11 @@ from torch import nn
 
 from base_model import build_model, default_deps, get_arch
 from utils.atomic import write_json
-from utils.command import run_main
+from utils.command import ArgumentParser, run_main
 from utils.pruning.channel_graph import arch_graph_at
 
-from .latency import deploy_form, interleaved_ms, ms_timer
+from .deploy import deploy_form
+from .latency import interleaved_ms, ms_timer
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "pruning-data", "latency")
 GRID = 8  # grid points per width that can shrink
@@ -198,7 +198,7 @@ def latency_table(arch, batch, device, deps=None, num_classes=None, repeats=REPE
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-a", "--arch", required=True)
     p.add_argument("--batch", type=int, default=64, help="batch size (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

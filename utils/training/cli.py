@@ -1,5 +1,7 @@
 """The command line every entry script shares: all TrainConfig knobs, recipe defaults, the default base weights."""
 import argparse
+import math
+from fractions import Fraction
 
 from .dist import add_launcher_args
 from .engine import TrainConfig
@@ -63,6 +65,7 @@ LIMITS = {
     "max_steps": (lambda v: v >= 1, "must be at least 1"),
     "milestones": (lambda v: all(m >= 1 for m in v), "every milestone must be an epoch of at least 1"),
     "workers": (lambda v: v >= 0, "must not be negative"),
+    "seed": (lambda v: v >= 0, "must not be negative"),
 }
 
 
@@ -76,8 +79,38 @@ def check_values(values, prefix=""):
 
 
 def check_config(cfg, args=None):
-    """Every numeric knob of a TrainConfig (and the loader processes) in range, before anything runs."""
+    """Every numeric knob of a TrainConfig (and the loader processes) in range, before anything runs; milestones
+    given on the command line must fall inside the run and belong to the multistep schedule."""
     check_values({**vars(cfg), "workers": getattr(args, "workers", None)})
+    given = getattr(args, "milestones", None)
+    if given:
+        shown = ",".join(map(str, given))
+        if cfg.schedule != "multistep":
+            raise ValueError(f"--milestones {shown}: the {cfg.schedule} schedule has no milestones; leave them out "
+                             "or pass --schedule multistep")
+        if max(given) >= cfg.epochs:
+            raise ValueError(f"--milestones {shown}: every milestone must be an epoch before the last (--epochs "
+                             f"{cfg.epochs}); a later one never lowers the lr")
+
+
+def fraction(text):
+    """argparse type: an exact fraction ('0.5', '1/2') as a Fraction; a ValueError (not a ZeroDivisionError) for
+    anything else, so that argparse reports it as one line."""
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(text) from None
+
+
+fraction.__name__ = "fraction"  # argparse names the type in its message: "invalid fraction value"
+
+
+def finite(text):
+    """argparse type: a float that is neither NaN nor infinite (a method's own knobs: lasso strength, thresholds)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def base_weights(arch):

@@ -1,11 +1,12 @@
-"""The run skeleton: what train_base_model.py and the four methods' entry scripts share.
+"""The run skeleton: what train_base_model.py, the four methods and the baselines share, for any `Method`
+(method.py).
 
-    flags -> recipe -> config -> start weights -> processes -> seed -> model -> data -> hooks -> fit
-          -> decide -> convert through surgery -> evaluate -> prove -> write the two files
+    flags -> validate -> recipe -> config -> start weights -> processes -> seed -> model -> data -> hooks -> fit
+          -> decide -> convert through surgery -> evaluate -> prove -> write the two files -> fine-tune
 
-A method's script holds only its recipe (RECIPES), its flags, `prepare(run)` (its hooks: a `Setup`) and
-`decide(run)` (its decision after training: a `Plan`), and calls `main`. Every method then writes the same
-two files under its output folder, with one attribute layout:
+`run(method, argv)` is every entry script's main; `check(method, argv)` does the steps up to the start weights,
+which read and write nothing (the comparison checks a stage with it before running it). Every method then
+writes the same two files under its output folder, with one attribute layout:
 
     finish.hdf5            the trained form (compactors and masks, clusters, masks or zeroed filters inside)
     finish_converted.hdf5  the narrow conv+BN network, with its deps
@@ -18,23 +19,23 @@ that become one channel each). Only rank 0 writes; files are written atomically;
 """
 import argparse
 import os
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from base_model import build_model, default_deps, get_arch
-from utils.pruning.channel_graph import PRUNABLE_ROLES, arch_graph_at
+from utils.command import ArgumentParser
+from utils.pruning.channel_graph import PRUNABLE_ROLES, arch_graph, arch_graph_at
 from utils.pruning.convert import convert
 from utils.tools.store import model_from_hdf5, save_hdf5
 
 from . import dist
-from .cli import add_train_args, base_weights, check_config, train_config
+from .cli import add_train_args, check_config, train_config
 from .data import make_loaders
-from .engine import Trainer, evaluate
+from .engine import EvaluateStart, Trainer, evaluate
+from .method import CONVERTED, TRAINED, Setup
 
-TRAINED, CONVERTED = "finish.hdf5", "finish_converted.hdf5"
 # The converted file's name in the original repos (C-SGD: pruned.hdf5, AOFP: finish_pruned.hdf5; ResRep's
 # is ours). Runs made before the names were unified wrote these too: they are read, never written.
 OLD_CONVERTED = ("pruned.hdf5", "finish_pruned.hdf5")
@@ -50,13 +51,15 @@ def converted_file(folder):
 
 
 # --- the command line --------------------------------------------------------------------------------
-def parser(doc, init_help, init_aliases=()):
-    """-a/--arch and --init (the starting weights) first; the method adds its group, then `parse` adds the
-    shared training flags."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(method):
+    """-a/--arch and --init (the starting weights) first, then the method's own group, then the shared
+    training flags."""
+    p = ArgumentParser(prog=os.path.basename(method.script), description=method.doc)
     p.add_argument("-a", "--arch", required=True, help=ARCHS)
-    p.add_argument("--init", *init_aliases, help=init_help)
-    return p
+    p.add_argument("--init", *method.init_aliases, help=method.init_help)
+    if method.flags is not None:
+        method.flags(p)
+    return add_train_args(p)
 
 
 def add_groups(group, default, *aliases, note=""):
@@ -73,67 +76,78 @@ def add_round_to(group):
                             "vector lanes and GEMM tiles; default %(default)s: any width)")
 
 
+class _Spelled(argparse.Action):
+    """Stores the value and the spelling the user typed (args.macs_flag: --macs-target or --flops-target), so an
+    error names the flag as given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.macs_flag = option_string
+
+
+def add_macs_target(group, *aliases, note="", own=None):
+    """--macs-target: the fraction of the start network's MACs to keep, the same flag in every method. `own`
+    names the method's own knob it is solved into (SFP's --rate), which it excludes."""
+    group.add_argument("--macs-target", *aliases, dest="macs_target", type=float, metavar="F", action=_Spelled,
+                       help="fraction of the start network's MACs to keep" + (f" ({note})" if note else "")
+                            + (f"; instead of {own}: the value of {own} whose MACs come nearest F" if own else ""))
+
+
+def check_groups(arch, groups):
+    """--groups: known roles (one line naming a wrong one), checked before the model exists."""
+    arch_graph(arch).select(groups)
+    return groups
+
+
 def check_round_to(n):
-    if n < 1:
+    if not n >= 1:
         raise ValueError(f"--round-to {n}: must be at least 1 (1 keeps any width; 8 keeps multiples of 8)")
     return n
 
 
-def parse(p, argv=None):
-    return add_train_args(p).parse_args(argv)
+def check_macs_target(args):
+    """args.macs_target, a fraction of the MACs to keep: in (0, 1]. Written so that NaN fails too."""
+    target, flag = args.macs_target, getattr(args, "macs_flag", "--macs-target")
+    if target is not None and not 0 < target <= 1:
+        raise ValueError(f"{flag} {target}: the fraction of the MACs to keep must be in (0, 1]")
+    return target
 
 
-def config(args, recipes, output=None, **extra):
-    """The run's TrainConfig (defaults, then the recipe for the arch's data set, then the flags given), every
-    numeric knob checked: a value out of range is one line and exit 2 before anything is read or written."""
-    recipe = dict(recipes[get_arch(args.arch).dataset], output=args.output or output)
-    cfg = train_config(args, recipe, **extra)
+def one_of(args, own, own_flag, note=""):
+    """Exactly one of --macs-target and the method's own knob (`own`, an attribute of args)."""
+    if (getattr(args, own) is None) == (args.macs_target is None):
+        raise ValueError(f"give {own_flag} or --macs-target F (one of them){note}")
+
+
+def parse(method, argv=None):
+    return parser(method).parse_args(argv)
+
+
+def prepare_args(method, args):
+    """Every flag checked (the method's own, then the shared knobs with the recipe) and the start weights found,
+    reading and writing nothing: (TrainConfig, start weights or None). A bad value is one line naming its flag."""
+    spec = get_arch(args.arch)
+    args.data = args.data or spec.dataset
+    if method.validate is not None:
+        method.validate(args)
+    recipe = dict(method.recipes[spec.dataset], output=args.output or method.output(args))
+    cfg = train_config(args, recipe)
     check_config(cfg, args)
-    return cfg
+    cfg.extra["init"] = start = method.start(args)
+    return cfg, start
 
 
-def required_init(args):
-    """The base weights a pruning method starts from: --init, else the arch's base (which must exist)."""
-    path, command = base_weights(args.arch)
-    if args.init is None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such file; make the base model with `{command}`, or pass --init FILE")
-        return path
-    return optional_init(args, f" (the default base model, {path}, is made by `{command}`)")
+def check(method, argv):
+    """What `run` checks before it starts anything: the parsed flags, TrainConfig and start weights."""
+    args = parse(method, argv)
+    return (args, *prepare_args(method, args))
 
 
-def optional_init(args, hint=""):
-    """--init when given (it must exist), else None: train from scratch."""
-    if args.init is not None and not os.path.isfile(args.init):
-        raise FileNotFoundError(f"--init {args.init}: no such file{hint}")
-    return args.init
-
-
-# --- what a method gives -------------------------------------------------------------------------------
-@dataclass
-class Setup:
-    """What a method's prepare(run) returns: its hooks, optimizer overrides, and lines for the log."""
-    hooks: list
-    param_rule: object = None  # engine.param_groups rule: per-tensor lr, weight decay, momentum
-    lines: list = field(default_factory=list)
-
-
-@dataclass
-class Plan:
-    """What a method's decide(run) returns after training: its decision, and the reference its conversion
-    must equal (default: the trained net itself)."""
-    decisions: dict  # {group id: utils.pruning.surgery.Decision}
-    reference: nn.Module | None = None
-    reference_name: str = "the trained net"
-    state: dict | None = None  # the trained state to narrow, without what the decisions fold in
-    info: dict = field(default_factory=dict)  # more facts for the files' `conversion` attribute
-    lines: list = field(default_factory=list)  # more lines for the log, before the proof
-    after: Callable | None = None  # (converted net) -> (more info, more lines), after the proof (a speed-up)
-
-
+# --- one run -------------------------------------------------------------------------------------------
 @dataclass
 class Run:
-    """One run, filled in step by step; `main` returns it (tests and the comparison read it)."""
+    """One run, filled in step by step; `run` returns it (tests and the comparison read it)."""
+    method: object  # method.Method
     args: argparse.Namespace
     cfg: object  # engine.TrainConfig
     ctx: object  # dist.DistContext
@@ -143,7 +157,7 @@ class Run:
     graph: object = None  # the channel graph at the start model's widths
     train: object = None
     val: object = None
-    setup: Setup | None = None
+    setup: Setup | None = None  # the method's hook is run.setup.hook
     trainer: Trainer | None = None
     conversion: object = None  # utils.pruning.convert.Conversion
     metrics: dict | None = None  # the converted network's (the trained one's for a plain run)
@@ -151,11 +165,6 @@ class Run:
     @property
     def spec(self):
         return get_arch(self.args.arch)
-
-    @property
-    def hook(self):
-        """The method's own hook: the last one prepare() returned."""
-        return self.setup.hooks[-1]
 
     def build(self, deps):
         return build_model(self.args.arch, deps, self.num_classes)
@@ -170,54 +179,59 @@ class Run:
 
 
 # --- the skeleton ------------------------------------------------------------------------------------
-def main(args, recipes, output, *, name=None, label=None, init=optional_init, prepare=None, decide=None,
-         then=None, fit=True, **extra):
-    """Run one entry script: train with the method's hooks (with `fit=False`, only evaluate the start: a
-    one-shot method such as L1 pruning), then (with `decide`) convert, prove and write finish.hdf5 and
-    finish_converted.hdf5, else write finish.hdf5; then `then(run)` (a fine-tune of the converted net).
-    `extra` is recorded in config.json."""
-    spec = get_arch(args.arch)
-    args.data = args.data or spec.dataset
-    cfg = config(args, recipes, output, **extra)
-    cfg.extra["init"] = start = init(args)  # the method's flags and the starting weights, before anything is written
-    run = Run(args, cfg, None, start)
-    run.ctx = dist.setup(args.device, args.local_rank)
+def run(method, argv=None):
+    """Run one entry script: train with the method's hook (a one-shot method, `fit=False`, only evaluates its
+    start), then (with `decide`) convert, prove and write finish.hdf5 and finish_converted.hdf5, else write
+    finish.hdf5; then its fine-tune. Returns the Run, or None when a finished run is not redone (C-SGD)."""
+    args = parse(method, argv)
+    cfg, start = prepare_args(method, args)
+    if method.skip_done and converted_file(cfg.output):
+        print(f"{method.label} {os.path.basename(os.path.normpath(cfg.output))} is already done: "
+              f"{converted_file(cfg.output)} (delete it to redo)")
+        return None
+    if method.make_start is not None:
+        method.make_start(args)
+    r = Run(method, args, cfg, None, start)
+    r.ctx = dist.setup(args.device, args.local_rank)
     try:
         torch.manual_seed(cfg.seed)
-        if run.init is None:
-            run.model = build_model(args.arch, getattr(args, "deps", None))
+        if r.init is None:
+            r.model = build_model(args.arch, getattr(args, "deps", None))
         else:
-            run.model = model_from_hdf5(run.init, args.arch, trainable=True)[0]
-            if getattr(args, "deps", None) not in (None, run.model.deps):
-                raise ValueError(f"--deps {args.deps} differ from the widths of --init {run.init}: {run.model.deps}")
-        run.num_classes = run.model.num_classes
-        run.graph = arch_graph_at(args.arch, run.model.deps, run.num_classes)
-        run.train, run.val = run.loaders(cfg.batch_size)
-        run.setup = prepare(run) if prepare else Setup([])
-        run.trainer = Trainer(cfg, run.model, run.train, run.val, run.ctx, run.setup.hooks, run.setup.param_rule)
-        for line in run.setup.lines:
-            run.log(line)
-        if fit:
-            run.trainer.fit()
+            r.model = model_from_hdf5(r.init, args.arch, trainable=True)[0]
+            if getattr(args, "deps", None) not in (None, r.model.deps):
+                raise ValueError(f"--deps {args.deps} differ from the widths of --init {r.init}: {r.model.deps}")
+        r.num_classes = r.model.num_classes
+        r.graph = arch_graph_at(args.arch, r.model.deps, r.num_classes)
+        r.train, r.val = r.loaders(cfg.batch_size)
+        r.setup = method.prepare(r) if method.prepare is not None else Setup()
+        hooks = [EvaluateStart(r.setup.evaluate_start)] if r.setup.evaluate_start else []
+        hooks += [r.setup.hook] if r.setup.hook is not None else []
+        r.trainer = Trainer(cfg, r.model, r.train, r.val, r.ctx, hooks, r.setup.param_rule)
+        for line in r.setup.lines:
+            r.log(line)
+        if method.fit:
+            r.trainer.fit()
         else:
-            run.log(f"{label or args.arch} starts from {run.init}: nothing is trained before the conversion")
-        dist.broadcast_buffers(run.model)
-        if decide is None:
-            run.metrics = save_plain(run, run.model, run.trainer.metrics, label)
+            r.log(f"{method.label} starts from {r.init}: nothing is trained before the conversion")
+        dist.broadcast_buffers(r.model)
+        if method.decide is None:
+            r.metrics = save_plain(r, r.model, r.trainer.metrics, method.label)
         else:
-            plan = decide(run)
-            if not fit:  # the trained form is what the decision made of the start (L1: its dropped filters zeroed)
-                run.trainer.metrics = run.trainer.evaluate()
-            convert_and_save(run, plan, name, label)
-        if then is not None:
-            then(run)
+            plan = method.decide(r)
+            if not method.fit:  # the trained form is what the decision made of the start (L1: dropped filters zeroed)
+                r.trainer.metrics = r.trainer.evaluate()
+            convert_and_save(r, plan)
+        if method.finetune is not None:
+            method.finetune(r)
     finally:
         dist.cleanup()
-    return run
+    return r
 
 
-def convert_and_save(run, plan, name, label):
+def convert_and_save(run, plan):
     """The one convert-and-prove step, then both files with one attribute layout."""
+    name, label = run.method.name, run.method.label
     trained, graph, out = run.trainer.model, run.graph, run.cfg.output
     conv = convert(trained, graph, plan.decisions, run.build, run.val.batches, plan.reference, plan.reference_name,
                    plan.state, base_deps=default_deps(run.args.arch))

@@ -36,7 +36,7 @@ import torch
 from base_model import default_deps, get_arch
 from baselines.plain import BASE
 from utils.atomic import write_json, write_text
-from utils.command import ArgumentParser, run_main
+from utils.command import ArgumentParser, NotFinished, run_main
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
 from utils.registry import REGISTRY, list_methods
@@ -49,7 +49,7 @@ from utils.training import skeleton
 from utils.training.cli import base_weights
 from utils.training.data import make_loaders
 from utils.training.dist import resolve_device
-from utils.training.engine import evaluate
+from utils.training.engine import TIME_MARGIN_S, evaluate
 from utils.training.method import macs_aim
 from utils.training.skeleton import converted_file
 
@@ -108,6 +108,9 @@ def parse(argv=None):
     p.add_argument("--onnx", action="store_true",
                    help="also export every network as ONNX, check it in ONNX Runtime and time it there (CPU)")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed passes per latency (median)")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop at a stage's checkpoint before this many minutes, exit code 3 and 'not finished: run "
+                        "the same command again to continue'; re-running continues where it stopped")
     args = p.parse_args(argv)
     get_arch(args.arch)
     args.macs_targets = numbers(args.macs_target, "--macs-target")
@@ -124,6 +127,9 @@ def parse(argv=None):
     skeleton.check_round_to(args.round_to)
     if not args.latency_repeats >= 1:
         raise ValueError(f"--latency-repeats {args.latency_repeats}: must be at least 1")
+    if args.time_limit is not None and not 0 < args.time_limit < float("inf"):
+        raise ValueError(f"--time-limit {args.time_limit}: must be a positive number of minutes")
+    args.deadline = None if args.time_limit is None else time.monotonic() + 60 * args.time_limit
     args.methods = names(args.methods, methods, "--methods")
     args.baselines = names(args.baselines, baselines, "--baselines")
     if not args.methods + args.baselines:
@@ -180,7 +186,7 @@ class Stages:
         print(f"== [{self.step}/{self.total}] {label}: {command}", flush=True)
         write_text(record, command + "\n")
         t = time.time()
-        skeleton.run(method, argv)
+        skeleton.run(method, argv, deadline=self.args.deadline)  # the deadline is not part of the stage's command
         if not os.path.exists(done):
             raise RuntimeError(f"{label} ended without writing {done}")
         print(f"== {label} finished in {time.time() - t:.0f} s", flush=True)
@@ -321,6 +327,8 @@ def main(argv=None):
                for name in args.methods + args.baselines
                for target in (args.macs_targets if REGISTRY[name].per_target else [None])
                for seed in args.seeds]
+    if args.deadline is not None and args.deadline - time.monotonic() < TIME_MARGIN_S:
+        raise NotFinished("every stage is done; measuring the networks is left")
     runs, test_images = measure_all(args, base, results, device)
     rows = aggregate(runs)
     write_outputs(args, runs, rows, stages.commands, device, test_images, time.time() - start)

@@ -32,10 +32,21 @@ class RunError(RuntimeError):
     """A run that cannot go on for a reason the user can fix (the message says how)."""
 
 
+NOT_FINISHED = 3  # the exit code of a run that stopped at its --time-limit, its checkpoint written
+
+
+class NotFinished(RuntimeError):
+    """A run stopped cleanly at its --time-limit: its checkpoint is written and the same command continues it."""
+
+
 def run_main(main, *args):
-    """sys.exit(main(*args)): 0 (or main's own code) on success, 2 on a known error, 130 on Ctrl-C."""
+    """sys.exit(main(*args)): 0 (or main's own code) on success, 2 on a known error, NOT_FINISHED (3) when a
+    --time-limit stopped the run, 130 on Ctrl-C."""
     try:
         code = main(*args)
+    except NotFinished as e:
+        print(f"not finished: run the same command again to continue ({e})", file=sys.stderr)
+        code = NOT_FINISHED
     except (ValueError, FileNotFoundError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2

@@ -32,6 +32,9 @@ def add_train_args(p):
     g.add_argument("--ckpt-every", type=int, help="steps between resume checkpoints")
     g.add_argument("--log-every", type=int)
     g.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    g.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop at a checkpoint before this many minutes (a GPU slot, a cluster job's limit), exit code "
+                        "3 and 'not finished: run the same command again to continue'; re-running continues bitwise")
     g.add_argument("--seed", type=int)
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("-o", "--output", help="folder for every file of the run")
@@ -63,6 +66,7 @@ LIMITS = {
     "ckpt_every": (lambda v: v >= 1, "must be at least 1 (steps between checkpoints)"),
     "log_every": (lambda v: v >= 1, "must be at least 1"),
     "max_steps": (lambda v: v >= 1, "must be at least 1"),
+    "time_limit": (lambda v: 0 < v < float("inf"), "must be a positive number of minutes"),
     "milestones": (lambda v: all(m >= 1 for m in v), "every milestone must be an epoch of at least 1"),
     "workers": (lambda v: v >= 0, "must not be negative"),
     "seed": (lambda v: v >= 0, "must not be negative"),

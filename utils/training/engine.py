@@ -23,10 +23,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from utils.atomic import write_json
-from utils.command import RunError
+from utils.command import NotFinished, RunError
 
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .dist import all_reduce_sum
+from .dist import all_reduce_sum, broadcast_object
 from .runlog import RunLog, progress
 
 
@@ -56,6 +56,7 @@ class TrainConfig:
     ckpt_every: int = 500  # steps; and at every epoch end
     log_every: int = 20  # steps between progress updates (each one syncs with the device)
     max_steps: int | None = None  # stop early (smoke runs); the schedule still spans `epochs`
+    time_limit: float | None = None  # minutes this process may run: it stops at a checkpoint before (NotFinished)
     seed: int = 0
     deterministic: bool = False
     output: str = "run"
@@ -63,7 +64,11 @@ class TrainConfig:
 
 
 # Settings that may change between a run and its resumption without changing its result.
-RESUMABLE_CHANGES = {"eval_every", "eval_last", "eval_start", "ckpt_every", "log_every", "max_steps", "extra"}
+RESUMABLE_CHANGES = {"eval_every", "eval_last", "eval_start", "ckpt_every", "log_every", "max_steps", "time_limit",
+                     "output", "extra"}  # output: a run folder copied elsewhere resumes there
+# What a run keeps in hand before its --time-limit: this margin, plus twice its last evaluation and three of its
+# steps (measured as it goes), for the checkpoint, the final evaluation and the conversion after training.
+TIME_MARGIN_S = 30.0
 
 
 class NonFiniteLossError(RunError):
@@ -192,8 +197,13 @@ def resolve_amp(amp, device):
 class Trainer:
     """One run: model, optimizer, schedule, hooks, logs and the resume checkpoint under `cfg.output`."""
 
-    def __init__(self, cfg, model, train_loader, val_loader, ctx, hooks=(), param_rule=None):
+    def __init__(self, cfg, model, train_loader, val_loader, ctx, hooks=(), param_rule=None, deadline=None):
+        """`deadline`: time.monotonic() seconds by which the run must have stopped (default: --time-limit minutes
+        from now)."""
         self.cfg, self.ctx, self.hooks = cfg, ctx, list(hooks)
+        if deadline is None and cfg.time_limit is not None:
+            deadline = time.monotonic() + 60 * cfg.time_limit
+        self.deadline, self.eval_seconds, self.step_seconds = deadline, 0.0, 0.0
         self.train_loader, self.val_loader = train_loader, val_loader
         self.device = ctx.device
         self.log = RunLog(cfg.output, enabled=ctx.is_main)
@@ -227,6 +237,22 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.checkpoint_path = os.path.join(cfg.output, "checkpoint.pth")
         self.metrics = {}
+
+    def out_of_time(self):
+        """Whether the time left before the deadline is less than what the run keeps in hand (TIME_MARGIN_S); rank
+        0 decides for all, so every rank stops at the same step."""
+        if self.deadline is None:
+            return False
+        need = TIME_MARGIN_S + 2 * self.eval_seconds + 3 * self.step_seconds
+        return bool(broadcast_object(self.deadline - time.monotonic() < need))
+
+    def stop_for_time(self):
+        """Checkpoint here and stop: the same command continues from this step, bitwise (NotFinished)."""
+        self.save_checkpoint()
+        self.log.log(f"time limit: stopped at step {self.step} of {self.total_steps}, checkpoint {self.checkpoint_path}")
+        self.log.close()
+        raise NotFinished(f"stopped at step {self.step} of {self.total_steps} before its --time-limit; "
+                          f"{self.checkpoint_path} holds the run")
 
     def request_stop(self):
         """End the run after the current step (a hook's decision: AOFP stops once its MACs target is met)."""
@@ -293,6 +319,8 @@ class Trainer:
                                  f"top5 {self.metrics['top5']:.2f} loss {self.metrics['loss']:.4f}")
                     self.log.scalars(self.step, **{f"val/{k}": v for k, v in self.metrics.items()})
             self.save_checkpoint()
+            if self.out_of_time():  # at an epoch's end, after its hooks: what a resumed run expects
+                self.stop_for_time()
         self.metrics = self.evaluate()
         self.log.scalars(self.step, **{f"val/{k}": v for k, v in self.metrics.items()})
         self.log.log(f"final (step {self.step}): top1 {self.metrics['top1']:.2f} top5 {self.metrics['top5']:.2f} "
@@ -307,7 +335,10 @@ class Trainer:
         return (epoch + 1) % cfg.eval_every == 0 or epoch >= cfg.epochs - cfg.eval_last
 
     def evaluate(self):
-        return evaluate(self.model, self.val_loader, self.device, self.amp)
+        t = time.monotonic()
+        metrics = evaluate(self.model, self.val_loader, self.device, self.amp)
+        self.eval_seconds = max(self.eval_seconds, time.monotonic() - t)
+        return metrics
 
     def train_one_epoch(self, epoch, start=0):
         cfg, loader = self.cfg, self.train_loader
@@ -349,6 +380,7 @@ class Trainer:
                 self._check_finite(first_bad)
                 loss_avg, correct, n = sums.tolist()
                 rate = seen * self.ctx.world_size / (time.perf_counter() - tick)
+                self.step_seconds = (time.perf_counter() - tick) * labels.numel() / max(1, seen)
                 lr = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0]["lr_factor"]
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss_avg / n:.3f}", acc=f"{100 * correct / n:.1f}", lr=f"{lr:.4g}",
@@ -362,6 +394,10 @@ class Trainer:
                 tick, seen = time.perf_counter(), 0
                 if self.step % cfg.ckpt_every == 0 and not last:
                     self.save_checkpoint()
+                if not last and self.out_of_time():  # mid-epoch; an epoch's last step stops after its hooks
+                    if hasattr(bar, "close"):
+                        bar.close()
+                    self.stop_for_time()
             if last:
                 break
         if hasattr(bar, "close"):

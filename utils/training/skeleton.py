@@ -19,6 +19,7 @@ that become one channel each). Only rank 0 writes; files are written atomically;
 """
 import argparse
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +153,7 @@ class Run:
     cfg: object  # engine.TrainConfig
     ctx: object  # dist.DistContext
     init: str | None
+    deadline: float | None = None  # time.monotonic() seconds: stop at a checkpoint before (--time-limit)
     model: nn.Module | None = None
     num_classes: int | None = None
     graph: object = None  # the channel graph at the start model's widths
@@ -179,19 +181,23 @@ class Run:
 
 
 # --- the skeleton ------------------------------------------------------------------------------------
-def run(method, argv=None):
+def run(method, argv=None, deadline=None):
     """Run one entry script: train with the method's hook (a one-shot method, `fit=False`, only evaluates its
     start), then (with `decide`) convert, prove and write finish.hdf5 and finish_converted.hdf5, else write
-    finish.hdf5; then its fine-tune. Returns the Run, or None when a finished run is not redone (C-SGD)."""
+    finish.hdf5; then its fine-tune. Returns the Run, or None when a finished run is not redone (C-SGD).
+    `deadline` (time.monotonic() seconds; also --time-limit minutes from now, whichever comes first): the run
+    stops at a checkpoint before it (utils.command.NotFinished), and the same command continues it."""
     args = parse(method, argv)
     cfg, start = prepare_args(method, args)
+    if cfg.time_limit is not None:
+        deadline = min(time.monotonic() + 60 * cfg.time_limit, deadline or float("inf"))
     if method.skip_done and converted_file(cfg.output):
         print(f"{method.label} {os.path.basename(os.path.normpath(cfg.output))} is already done: "
               f"{converted_file(cfg.output)} (delete it to redo)")
         return None
     if method.make_start is not None:
         method.make_start(args)
-    r = Run(method, args, cfg, None, start)
+    r = Run(method, args, cfg, None, start, deadline=deadline)
     r.ctx = dist.setup(args.device, args.local_rank)
     try:
         torch.manual_seed(cfg.seed)
@@ -207,7 +213,7 @@ def run(method, argv=None):
         r.setup = method.prepare(r) if method.prepare is not None else Setup()
         hooks = [EvaluateStart(r.setup.evaluate_start)] if r.setup.evaluate_start else []
         hooks += [r.setup.hook] if r.setup.hook is not None else []
-        r.trainer = Trainer(cfg, r.model, r.train, r.val, r.ctx, hooks, r.setup.param_rule)
+        r.trainer = Trainer(cfg, r.model, r.train, r.val, r.ctx, hooks, r.setup.param_rule, deadline)
         for line in r.setup.lines:
             r.log(line)
         if method.fit:
@@ -271,5 +277,5 @@ def train_more(run, cfg, model, label):
     """Train `model` (the converted network: AOFP's fine-tune) with `cfg` in its own folder; write its
     finish.hdf5 there. The run's files stay as they are."""
     train, val = run.loaders(cfg.batch_size) if cfg.batch_size != run.cfg.batch_size else (run.train, run.val)
-    metrics = Trainer(cfg, model, train, val, run.ctx).fit()
+    metrics = Trainer(cfg, model, train, val, run.ctx, deadline=run.deadline).fit()
     return save_plain(run, model, metrics, label, cfg.output)

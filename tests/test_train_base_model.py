@@ -80,3 +80,14 @@ def test_bad_input_gives_one_error_line(argv, needle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error:") and needle in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_trained_file_says_what_made_it(tmp_path):
+    """Provenance a reader of a shipped base needs: command, commit, machine, and what its top-1 stands on."""
+    train_base_model.main([*SMOKE, "--max-steps", "2", "-o", str(tmp_path)])
+    _, _, attrs = read_hdf5(tmp_path / "finish.hdf5")
+    p, t, m = attrs["provenance"], attrs["training"], attrs["metrics"]
+    assert p["command"] and p["torch"] == torch.__version__ and "cores" in p["hardware"]
+    assert p["commit"] is None or len(p["commit"].split("+")[0]) == 12
+    assert (t["data"], t["seed"], t["epochs"], t["steps"], t["batch_size"]) == ("synthetic", 0, 3, 2, 32)
+    assert t["precision"] in ("fp32", "bf16 autocast") and t["init"] is None and m["samples"] == 128

@@ -6,6 +6,8 @@ half-written file under the final name. Loading checks every name and shape.
 """
 import json
 import os
+import platform
+import subprocess
 import sys
 import time
 
@@ -35,10 +37,37 @@ def strip_prefix(state):
     return out
 
 
+def commit():
+    """The repository's commit (with '+changes' when the work tree differs from it), or None outside git."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if head.returncode == 0 else None
+
+
+def hardware():
+    """The machine in words: CPU model, cores, native bf16, and the GPU when there is one."""
+    cpu, flags = platform.processor() or platform.machine(), ""
+    if os.path.exists("/proc/cpuinfo"):
+        info = open("/proc/cpuinfo").read()
+        names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+        cpu, flags = (names[0] if names else cpu), info
+    bf16 = sorted({f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in flags})
+    text = f"{cpu}, {os.cpu_count()} cores" + (f", {'/'.join(bf16)}" if bf16 else ", no native bf16")
+    if torch.cuda.is_available():
+        text += f"; {torch.cuda.get_device_name()}"
+    return text
+
+
 def provenance():
-    """What made a file: the command line, the time and the library versions."""
-    return {"command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]), "torch": torch.__version__,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    """What made a file: the command line, the commit, the machine, the time and the library versions."""
+    return {"command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]), "commit": commit(),
+            "hardware": hardware(), "torch": torch.__version__, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def save_hdf5(path, state, deps=None, arch=None, **attrs):

@@ -263,19 +263,30 @@ def convert_and_save(run, plan):
     run.conversion, run.metrics = conv, metrics
 
 
-def save_plain(run, model, metrics, label=None, output=None):
-    """finish.hdf5 (with deps) of a run that converts nothing: a base model, a fine-tune."""
-    path = os.path.join(output or run.cfg.output, TRAINED)
+def save_plain(run, model, metrics, label=None, trainer=None):
+    """finish.hdf5 (with deps) of a run that converts nothing: a base model, a fine-tune (`trainer`: its own)."""
+    trainer = trainer or run.trainer
+    path = os.path.join(trainer.cfg.output, TRAINED)
     if run.ctx.is_main:
-        save_hdf5(path, model.state_dict(), deps=model.deps, arch=run.args.arch, metrics=metrics)
+        save_hdf5(path, model.state_dict(), deps=model.deps, arch=run.args.arch, metrics=metrics,
+                  training=training_facts(run, trainer))
         print(f"{run.args.arch}{' ' + label if label else ''} on {run.args.data}: top1 {metrics['top1']:.2f} top5 "
               f"{metrics['top5']:.2f} ({metrics['samples']} test images) -> {path}", flush=True)
     return metrics
+
+
+def training_facts(run, trainer):
+    """What a trained file's numbers stand on: data, seed, epochs, steps, batch, schedule, precision, device, start."""
+    cfg = trainer.cfg
+    return {"data": run.args.data, "seed": cfg.seed, "epochs": cfg.epochs, "steps": trainer.step,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": cfg.schedule, "weight_decay": cfg.weight_decay,
+            "precision": "bf16 autocast" if trainer.amp else "fp32", "device": str(run.ctx.device),
+            "processes": run.ctx.world_size, "init": run.init}
 
 
 def train_more(run, cfg, model, label):
     """Train `model` (the converted network: AOFP's fine-tune) with `cfg` in its own folder; write its
     finish.hdf5 there. The run's files stay as they are."""
     train, val = run.loaders(cfg.batch_size) if cfg.batch_size != run.cfg.batch_size else (run.train, run.val)
-    metrics = Trainer(cfg, model, train, val, run.ctx, deadline=run.deadline).fit()
-    return save_plain(run, model, metrics, label, cfg.output)
+    trainer = Trainer(cfg, model, train, val, run.ctx, deadline=run.deadline)
+    return save_plain(run, model, trainer.fit(), label, trainer)

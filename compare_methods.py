@@ -34,7 +34,7 @@ import time
 import torch
 
 from base_model import default_deps, get_arch
-from baselines.plain import BASE
+from baselines.plain import BASE, shipped_base
 from utils.atomic import write_json, write_text
 from utils.command import ArgumentParser, NotFinished, run_main
 from utils.pruning.channel_graph import arch_graph
@@ -195,6 +195,13 @@ class Stages:
         a = self.args
         if a.init:
             return a.init
+        shipped = shipped_base(a.arch, a.data, a.budget) if a.seed == 0 and not a.extra.get("base") else None
+        if shipped:  # the base stage's very recipe at seed 0, trained once and committed
+            self.step += 1
+            print(f"== [{self.step}/{self.total}] base: the shipped {a.arch} base, {os.path.relpath(shipped)} (trained "
+                  f"with the {a.budget} budget's base recipe; its provenance: python display_hdf5.py "
+                  f"{os.path.relpath(shipped)}; --init FILE starts from another)", flush=True)
+            return shipped
         if a.arch.startswith("sres") and a.budget != "smoke":
             path, make = base_weights(a.arch)  # ImageNet bases come from torchvision, not from training
             if not os.path.isfile(path):

@@ -5,6 +5,8 @@ pruning: the base every method starts from. Writes `{arch}_train/finish.hdf5` (w
 checkpoint, config.json, log.txt and TensorBoard scalars under the output folder. Re-running the same
 command resumes. In the comparison it is also the baseline `base+`: the base trained a method's epochs more.
 """
+import os
+
 from utils.training.method import Method, optional_start
 
 # The original repos' recipes (specs/resrep.md section 5). ImageNet bases are not trained there
@@ -24,6 +26,19 @@ BASE_BUDGETS = {"paper": [], "demo": ["--epochs", "6"], "smoke": ["--epochs", "1
 TUNE = {"demo": ["--epochs", "3", "--lr", "0.01", "--schedule", "cosine", "--batch-size", "64"],
         "study": ["--epochs", "5", "--lr", "0.01", "--schedule", "cosine", "--batch-size", "128"],
         "smoke": ["--epochs", "1", "--max-steps", "3"]}
+
+
+# Trained bases that ship in the repository, with their provenance in the file (display_hdf5.py shows it) and their
+# log beside it: {(arch, data): (file, the comparison budget whose base recipe trained it)}. The comparison starts
+# from the shipped base of its arch and data when its budget's base is that recipe, unless --init says otherwise.
+WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "base_model", "weights")
+SHIPPED = {("src20", "cifar10"): (os.path.join(WEIGHTS, "src20_cifar10.hdf5"), "study")}
+
+
+def shipped_base(arch, data, budget):
+    """The shipped base file for this arch, data and budget, or None."""
+    path, recipe = SHIPPED.get((arch, data), (None, None))
+    return path if recipe == budget and os.path.isfile(path) else None
 
 
 def flags(p):

@@ -18,6 +18,7 @@ from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import count
 from utils.registry import REGISTRY
 from utils.tools.compare import aggregate, verdicts
+from utils.tools.store import read_hdf5
 
 
 @pytest.mark.parametrize("arch", ["src20", "src56", "vc"])
@@ -162,3 +163,23 @@ def test_aggregate_means_stds_and_the_worst_proof():
 def test_bad_input_gives_one_error_line(argv, needle, capsys):
     assert exit_code(compare_methods.main, argv) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_the_study_budget_starts_from_the_shipped_base(tmp_path, capsys):
+    """src20 on CIFAR-10 ships its study-budget base (base_model/weights): the comparison starts from it instead of
+    training it again, unless --init, another seed or --extra base=... asks for another."""
+    from baselines.plain import SHIPPED, shipped_base
+
+    path = SHIPPED[("src20", "cifar10")][0]
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not in this checkout")
+    _, deps, attrs = read_hdf5(path)
+    assert deps == default_deps("src20") and attrs["metrics"]["samples"] == 10000 and attrs["metrics"]["top1"] > 80
+    assert attrs["training"]["epochs"] == 25 and attrs["training"]["data"] == "cifar10" and attrs["training"]["seed"] == 0
+    assert attrs["provenance"]["commit"] and "cores" in attrs["provenance"]["hardware"]
+    base = ["--budget", "study", "--data", "cifar10", "-o", str(tmp_path)]
+    assert compare_methods.Stages(compare_methods.parse(base)).base() == path
+    assert "base: the shipped src20 base" in capsys.readouterr().out
+    assert shipped_base("src20", "cifar10", "paper") is None and shipped_base("src56", "cifar10", "study") is None
+    stages = compare_methods.Stages(compare_methods.parse([*base, "--init", __file__]))
+    assert stages.base() == __file__

@@ -17,9 +17,9 @@ fused) and writes under the output folder (default compare_models/{arch}_{data}/
                      the table's ORT columns)
 
 Budgets: `demo` (default on cifar10-mini and synthetic: minutes on a laptop CPU), `paper` (default
-otherwise: each method's own recipe, e.g. `--data cifar10 -a src56`), `study` (full CIFAR-10, see the
-README), `smoke` (a few steps per stage). A finished stage is not redone; an interrupted one resumes
-when the same command is re-run.
+otherwise: each method's own recipe, e.g. `--data cifar10 -a src56`), `study` (full CIFAR-10, see
+docs/COMPARISON.md; src20 starts from the shipped base), `smoke` (a few steps per stage). A finished stage
+is not redone; an interrupted one resumes when the same command is re-run.
 
 This file is orchestration only: it iterates the registry (utils/registry.py), where every method and
 baseline is one `Method` (its budget flags, how it meets a MACs target, its footnote); every stage's result is

@@ -1,4 +1,4 @@
-"""AOFP: binary-search masking with accumulated damage (Ding et al., ICML 2019; see the README).
+"""AOFP: binary-search masking with accumulated damage (Ding et al., ICML 2019; see docs/METHODS.md).
 
 search.py      one layer's binary search: search set, halves, accumulated damage, prune or narrow
 probe.py       the base-mask gate at each scoring layer and the no-grad ablated pass that measures damage

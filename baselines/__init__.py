@@ -1,4 +1,4 @@
-"""The baselines a reviewer asks for, at the same MACs and epochs as the four methods (see the README), and
+"""The baselines a reviewer asks for, at the same MACs and epochs as the four methods (docs/COMPARISON.md), and
 plain training, registered like the methods (utils/registry.py).
 
 plain.py         BASE, plain training (train_base_model.py), and BASE_PLUS: the base trained a method's epochs more

@@ -1,4 +1,4 @@
-"""Centripetal SGD: filter clustering, the centripetal update, merging (Ding et al., CVPR 2019; see the README).
+"""Centripetal SGD: filter clustering, the centripetal update, merging (Ding et al., CVPR 2019; see docs/METHODS.md).
 
 clustering.py  k-means (seeded) and even clusters per channel group; residual groups clustered once
 centripetal.py CentripetalHook: the gradient rewrite after backward, its param rule, deviation logging

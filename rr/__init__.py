@@ -1,4 +1,4 @@
-"""ResRep: compactors, gradient resetting, mask selection, conversion (Ding et al., ICCV 2021; see the README).
+"""ResRep: compactors, gradient resetting, mask selection, conversion (Ding et al., ICCV 2021; see docs/METHODS.md).
 
 compactor.py   identity 1x1 compactors after the BN of every pruned group's convs; their optimizer rule
 resrep.py      ResRepHook: gradient resetting after backward, mask updates every --mask-interval steps

@@ -1,4 +1,4 @@
-"""SFP: soft filter zeroing every epoch (He et al., IJCAI 2018; see the README).
+"""SFP: soft filter zeroing every epoch (He et al., IJCAI 2018; see docs/METHODS.md).
 
 zeroing.py     SoftFilterZeroing: rank each group's filters by L2 norm, zero the weakest, every --epoch-prune epochs
 convert.py     the decision: keep the channels not zeroed at the end (surgery.keep)

@@ -128,6 +128,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert ckpt["step"] == 3 and torch.isfinite(ckpt["model"]["conv.weight"]).all()
 
 
+def test_nan_loss_before_any_checkpoint_names_none(tmp_path):
+    """Before the first checkpoint there is none to keep: the message says a re-run starts from the beginning."""
+    with pytest.raises(NonFiniteLossError, match="No checkpoint had been written yet") as e:
+        tiny_run(tmp_path, hooks=[PoisonAt(2)], ckpt_every=100, log_every=4)
+    assert "checkpoint.pth" not in str(e.value) and not (tmp_path / "checkpoint.pth").exists()
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     tiny_run(tmp_path, epochs=1)
     with pytest.raises(ValueError, match=r"lr: 0.05 -> 0.1"):

@@ -406,8 +406,9 @@ class Trainer:
     def _check_finite(self, first_bad):
         bad = int(first_bad)
         if bad >= 0:
+            kept = (f"The last good checkpoint, {self.checkpoint_path}, is kept" if os.path.exists(self.checkpoint_path)
+                    else "No checkpoint had been written yet, so a re-run starts from the beginning")
             msg = (f"the loss became NaN or inf at step {bad} (epoch {(bad - 1) // self.steps_per_epoch + 1}); "
-                   f"stopped without saving. The last good checkpoint, {self.checkpoint_path}, is kept: "
-                   "lower --lr or check the data, then re-run")
+                   f"stopped without saving. {kept}: lower --lr or check the data, then re-run")
             self.log.log(msg)
             raise NonFiniteLossError(msg)

@@ -46,7 +46,7 @@ from utils.tools.latency import ORT, measure
 from utils.tools.plots import plot_accuracy, plot_speedup
 from utils.tools.store import model_from_hdf5, read_attrs
 from utils.training import skeleton
-from utils.training.cli import base_weights
+from utils.training.cli import base_weights, check_values
 from utils.training.data import make_loaders
 from utils.training.dist import resolve_device
 from utils.training.engine import TIME_MARGIN_S, evaluate
@@ -127,8 +127,7 @@ def parse(argv=None):
     skeleton.check_round_to(args.round_to)
     if not args.latency_repeats >= 1:
         raise ValueError(f"--latency-repeats {args.latency_repeats}: must be at least 1")
-    if args.time_limit is not None and not 0 < args.time_limit < float("inf"):
-        raise ValueError(f"--time-limit {args.time_limit}: must be a positive number of minutes")
+    check_values({"time_limit": args.time_limit, "seed": args.seed})  # the ranges every entry script checks
     args.deadline = None if args.time_limit is None else time.monotonic() + 60 * args.time_limit
     args.methods = names(args.methods, methods, "--methods")
     args.baselines = names(args.baselines, baselines, "--baselines")

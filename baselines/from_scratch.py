@@ -8,7 +8,7 @@ built at those widths and trained from random initialisation with train_base_mod
 scratch_models/{arch}_train/finish.hdf5 (with deps). Re-running resumes.
 """
 from base_model import default_deps
-from baselines.l1_pruning import add_ratio_flags, ratio_for, solve_ratio
+from baselines.l1_pruning import add_ratio_flags, solve, solve_ratio
 from baselines.plain import BASE_BUDGETS, RECIPES, TUNE
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import uniform_deps
@@ -34,7 +34,7 @@ SCRATCH = Method(
     flags=lambda p: add_ratio_flags(p, "the narrow architecture"), validate=validate, start=no_start,
     init_help="not used: the network starts from random initialisation",
     baseline=True, from_base=False, converts=False, final="finish.hdf5", done="finish.hdf5",
-    solve=lambda arch, target, groups, round_to: ratio_for(arch, target, groups, round_to),
+    solve=solve,
     # the base's recipe in each budget, a method's epochs longer
     budgets={"demo": base_plus_a_method(BASE_BUDGETS["demo"], TUNE["demo"]),
              "study": base_plus_a_method(BASE_BUDGETS["study"], TUNE["study"]),

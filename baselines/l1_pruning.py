@@ -15,10 +15,8 @@ from fractions import Fraction
 
 import torch
 
-from base_model import default_deps
 from baselines.plain import TUNE
-from utils.pruning.channel_graph import arch_graph
-from utils.pruning.flops import uniform_deps, uniform_ratio
+from utils.pruning.flops import arch_uniform_ratio, uniform_deps
 from utils.pruning.plan import Plan
 from utils.pruning.surgery import keep
 from utils.pruning.zeroing import zero_channels
@@ -52,12 +50,12 @@ def solve_ratio(args):
         raise ValueError(f"--ratio {args.ratio}: the kept fraction of each group must be in (0, 1]")
     if args.macs_target is not None:
         skeleton.check_macs_target(args)
-        args.ratio = Fraction(ratio_for(args.arch, args.macs_target, args.groups, args.round_to))
+        args.ratio = Fraction(solve(args.arch, args.macs_target, args.groups, args.round_to))
 
 
-def ratio_for(arch, target, groups, round_to=1):
+def solve(arch, target, groups, round_to=1):
     """The hundredth whose uniform widths come nearest `target` of the MACs (text, e.g. '0.5')."""
-    return uniform_ratio(arch_graph(arch), default_deps(arch), groups, target, round_to)[0]
+    return arch_uniform_ratio(arch, target, groups, round_to)[0]
 
 
 @torch.no_grad()
@@ -90,8 +88,7 @@ L1 = Method(
     "l1", "L1 + fine-tune", "baselines/l1.py", __doc__, RECIPES,
     output=lambda args: f"l1_models/{args.arch}_train",
     flags=lambda p: add_ratio_flags(p, "L1 pruning"), validate=solve_ratio, decide=decide, finetune=finetune,
-    fit=False, baseline=True, budgets=TUNE, solve=lambda arch, target, groups, round_to: ratio_for(arch, target, groups,
-                                                                                                   round_to),
+    fit=False, baseline=True, budgets=TUNE, solve=solve,
     note=lambda conversion, ratio: (
         f"L1 + fine-tune (Li et al. 2017): every group keeps {ratio} of its filters, those of largest L1 norm, "
         "in one shot; logit diff between the base with the others zeroed and the narrow net; *final* after "

@@ -18,7 +18,6 @@ every flag overrides.
 import argparse
 import os
 
-from base_model import default_deps
 from baselines.plain import BASE
 from csgd.centripetal import VECTOR_FACTOR, CentripetalHook
 from csgd.clustering import METHODS, cluster_groups
@@ -36,7 +35,7 @@ from csgd.schedule import (
 )
 from utils.atomic import write_json
 from utils.pruning.channel_graph import arch_graph
-from utils.pruning.flops import count, uniform_ratio
+from utils.pruning.flops import arch_uniform_ratio, count
 from utils.training import dist, skeleton
 from utils.training.cli import finite
 from utils.training.method import Method, Setup
@@ -71,12 +70,6 @@ def flags(p):
                    help="-i 0 on a CIFAR net: train the base model when it is missing (default on)")
 
 
-def ratio_for(arch, target, groups="internal", round_to=1):
-    """(ratio text, deps): the hundredth of the original widths whose MACs come nearest the target (C-SGD's
-    schedule floors each width, as uniform_deps does, then aligns it to `round_to`)."""
-    return uniform_ratio(arch_graph(arch), default_deps(arch), groups, target, round_to)
-
-
 def validate(args):
     """Every flag; the schedule (or the --macs-target solved into one ratio) gives args.target_deps."""
     for flag, value in (("--eps", args.strength), ("--vector-factor", args.vector_factor)):
@@ -92,9 +85,10 @@ def validate(args):
         skeleton.check_macs_target(args)
         if args.itr != 0:
             raise ValueError(f"-i {args.itr}: --macs-target makes one iteration from the unpruned net; use -i 0")
-        args.ratios = ratio_for(args.arch, args.macs_target, groups, args.round_to)[0]
-        s = Schedule(s.ratios, s.groups, "floor")
-    schedule = Schedule(parse_ratios(args.ratios) if args.ratios else s.ratios, groups, args.rounding or s.rounding)
+        # the solved ratio floors every width (uniform_deps), as C-SGD's CIFAR schedule does: rounding floor
+        args.ratios = arch_uniform_ratio(args.arch, args.macs_target, groups, args.round_to)[0]
+    rounding = args.rounding or ("floor" if args.macs_target is not None else s.rounding)
+    schedule = Schedule(parse_ratios(args.ratios) if args.ratios else s.ratios, groups, rounding)
     args.target_deps = target_deps(args.arch, arch_graph(args.arch), schedule, args.itr, args.round_to)
 
 
@@ -141,7 +135,7 @@ CSGD = Method(
     output=lambda args: itr_dir(args.models_dir, args.arch, args.itr),
     flags=flags, validate=validate, start=iteration_start, make_start=make_start, prepare=prepare, decide=plan,
     init_help="weights to start from (default: the base model, or itr{K-1}'s converted net)", skip_done=True,
-    solve=lambda arch, target, groups, round_to: ratio_for(arch, target, groups, round_to)[0],
+    solve=lambda arch, target, groups, round_to: arch_uniform_ratio(arch, target, groups, round_to)[0],
     budgets={
         # eps 100x the paper's so clusters collapse in 3 epochs rather than 600
         "demo": ["--epochs", "3", "--milestones", "2", "--eps", "0.3", "--vector-factor", "1"],

@@ -11,11 +11,10 @@ from helpers import SMOKE_COMPARISON, exit_code
 import compare_methods
 from base_model import default_deps
 from baselines.plain import BASE
-from csgd.method import ratio_for
 from csgd.schedule import Schedule, target_deps
 from sfp.method import rate_for
 from utils.pruning.channel_graph import arch_graph
-from utils.pruning.flops import count
+from utils.pruning.flops import arch_uniform_ratio, count
 from utils.registry import REGISTRY
 from utils.tools.compare import aggregate, verdicts
 from utils.tools.store import read_hdf5
@@ -26,14 +25,14 @@ def test_csgd_ratio_and_sfp_rate_meet_the_macs_target(arch):
     graph = arch_graph(arch)
     base = count(graph, default_deps(arch))[0]
     internal = {p.index for g in graph.by_role("internal") for p in g.producers}
-    for pick in (ratio_for, rate_for):
+    for pick in (arch_uniform_ratio, rate_for):
         for target in (0.5, 0.7):
             value, deps = pick(arch, target)
             assert 0 < float(value) < 1
             assert abs(count(graph, deps)[0] / base - target) < 0.03, (pick.__name__, arch, target)
             assert all(d == w for i, (d, w) in enumerate(zip(deps, default_deps(arch)))
                        if i not in internal)  # only internal layers are pruned, as ResRep and AOFP
-    ratio, deps = ratio_for(arch, 0.5)  # what the comparison asks of C-SGD is what C-SGD's schedule then does
+    ratio, deps = arch_uniform_ratio(arch, 0.5)  # what the comparison asks of C-SGD is what C-SGD's schedule then does
     assert deps == target_deps(arch, graph, Schedule((Fraction(ratio),), "internal", "floor"), 0)
 
 

@@ -78,6 +78,14 @@ def uniform_ratio(graph, base_deps, groups, target, round_to=1):
     return closest_to_target(graph, base_deps, candidates, target)
 
 
+def arch_uniform_ratio(arch, target, groups="internal", round_to=1):
+    """uniform_ratio from the arch's unpruned widths: what C-SGD's --macs-target and the L1 and scratch baselines'
+    solve their one ratio into."""
+    from base_model import default_deps
+
+    return uniform_ratio(arch_graph(arch), default_deps(arch), groups, target, round_to)
+
+
 def arch_cost(arch, deps=None):
     """Summary dict for an arch and deps (default deps when None)."""
     from base_model import build_model, default_deps, get_arch

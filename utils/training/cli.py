@@ -106,9 +106,6 @@ def fraction(text):
         raise ValueError(text) from None
 
 
-fraction.__name__ = "fraction"  # argparse names the type in its message: "invalid fraction value"
-
-
 def finite(text):
     """argparse type: a float that is neither NaN nor infinite (a method's own knobs: lasso strength, thresholds)."""
     value = float(text)

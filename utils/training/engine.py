@@ -56,7 +56,7 @@ class TrainConfig:
     ckpt_every: int = 500  # steps; and at every epoch end
     log_every: int = 20  # steps between progress updates (each one syncs with the device)
     max_steps: int | None = None  # stop early (smoke runs); the schedule still spans `epochs`
-    time_limit: float | None = None  # minutes this process may run: it stops at a checkpoint before (NotFinished)
+    time_limit: float | None = None  # minutes the run may take: the skeleton's deadline for the Trainer (NotFinished)
     seed: int = 0
     deterministic: bool = False
     output: str = "run"
@@ -198,11 +198,9 @@ class Trainer:
     """One run: model, optimizer, schedule, hooks, logs and the resume checkpoint under `cfg.output`."""
 
     def __init__(self, cfg, model, train_loader, val_loader, ctx, hooks=(), param_rule=None, deadline=None):
-        """`deadline`: time.monotonic() seconds by which the run must have stopped (default: --time-limit minutes
-        from now)."""
+        """`deadline`: time.monotonic() seconds by which the run must have stopped (the run skeleton turns
+        --time-limit into one deadline for the whole process, its fine-tune included); None: no limit."""
         self.cfg, self.ctx, self.hooks = cfg, ctx, list(hooks)
-        if deadline is None and cfg.time_limit is not None:
-            deadline = time.monotonic() + 60 * cfg.time_limit
         self.deadline, self.eval_seconds, self.step_seconds = deadline, 0.0, 0.0
         self.train_loader, self.val_loader = train_loader, val_loader
         self.device = ctx.device

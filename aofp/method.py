@@ -18,7 +18,7 @@ from aofp.hook import AOFPSearch
 from aofp.probe import BN_MODES
 from utils.training import skeleton
 from utils.training.cli import check_values, finite
-from utils.training.method import Method, Setup
+from utils.training.method import Headline, Method, Setup, quarter_flags
 
 # The original recipes (specs/aofp_sfp.md A3, A4). Search: SGD momentum 0.9, wd 1e-4 (none on BN and
 # biases, biases at 2x lr), lr 1e-3 held constant, batch 64; at most 600 epochs, but the run stops as
@@ -104,6 +104,11 @@ AOFP = Method(
     "aofp", "AOFP", "aofp/do_aofp.py", __doc__, {"cifar10": SEARCH, "imagenet": SEARCH},
     output=lambda args: f"aofp_models/{args.arch}_train",
     flags=flags, validate=validate, prepare=prepare, decide=plan, finetune=finetune, init_aliases=("--base",),
+    phases=lambda args, cfg: [(cfg.epochs, cfg.batch_size), (args.ft_epochs, args.ft_batch_size)],
+    quarter=lambda recipe: [*quarter_flags(recipe), "--ft-epochs", str(FINETUNE["epochs"] // 4)],
+    # the original's 0.50 of its MACs count is 0.4969 of ours; the paper's exact ResNet-56 row is not verified
+    headlines={"src56": Headline("AOFP (ICML'19)", ("--macs-target", "0.4969", "--groups", "internal"), 0.4969, 50.0,
+                                 None, None, "landscape.md 2c (about no drop); aofp_sfp.md A4")},
     budgets={
         # halves of 10 steps rather than 1000, a half is pruned when its damage is below 0.1; a search of at
         # most 2 epochs (it met the target at step 118 of 156), then 1 of fine-tuning

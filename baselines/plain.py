@@ -29,16 +29,20 @@ TUNE = {"demo": ["--epochs", "3", "--lr", "0.01", "--schedule", "cosine", "--bat
 
 
 # Trained bases that ship in the repository, with their provenance in the file (display_hdf5.py shows it) and their
-# log beside it: {(arch, data): (file, the comparison budget whose base recipe trained it)}. The comparison starts
-# from the shipped base of its arch and data when its budget's base is that recipe, unless --init says otherwise.
+# log beside it: {(arch, data): file}. src20 on CIFAR-10: the study budget's base recipe, seed 0.
 WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "base_model", "weights")
-SHIPPED = {("src20", "cifar10"): (os.path.join(WEIGHTS, "src20_cifar10.hdf5"), "study")}
+SHIPPED = {("src20", "cifar10"): os.path.join(WEIGHTS, "src20_cifar10.hdf5")}
+# The comparison budgets that start from the shipped base of their arch and data (unless --init says otherwise): the
+# study, whose base recipe trained it, and the demo, which prunes it and trains on cifar10-mini (5,000 of CIFAR-10's
+# training images and its whole test set, so the base's data family).
+SHIPPED_BUDGETS = ("demo", "study")
+DATA_FAMILY = {"cifar10-mini": "cifar10"}
 
 
 def shipped_base(arch, data, budget):
     """The shipped base file for this arch, data and budget, or None."""
-    path, recipe = SHIPPED.get((arch, data), (None, None))
-    return path if recipe == budget and os.path.isfile(path) else None
+    path = SHIPPED.get((arch, DATA_FAMILY.get(data, data)))
+    return path if budget in SHIPPED_BUDGETS and path and os.path.isfile(path) else None
 
 
 def flags(p):

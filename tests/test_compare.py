@@ -169,7 +169,7 @@ def test_the_study_budget_starts_from_the_shipped_base(tmp_path, capsys):
     training it again, unless --init, another seed or --extra base=... asks for another."""
     from baselines.plain import SHIPPED, shipped_base
 
-    path = SHIPPED[("src20", "cifar10")][0]
+    path = SHIPPED[("src20", "cifar10")]
     if not os.path.isfile(path):
         pytest.skip(f"{path} is not in this checkout")
     _, deps, attrs = read_hdf5(path)
@@ -180,5 +180,7 @@ def test_the_study_budget_starts_from_the_shipped_base(tmp_path, capsys):
     assert compare_methods.Stages(compare_methods.parse(base)).base() == path
     assert "base: the shipped src20 base" in capsys.readouterr().out
     assert shipped_base("src20", "cifar10", "paper") is None and shipped_base("src56", "cifar10", "study") is None
+    assert shipped_base("src20", "cifar10-mini", "demo") == path  # the main job prunes it on cifar10-mini
+    assert shipped_base("src20", "synthetic", "demo") is None
     stages = compare_methods.Stages(compare_methods.parse([*base, "--init", __file__]))
     assert stages.base() == __file__

@@ -53,3 +53,8 @@ def load(entry):
 
 for _entry in ENTRIES:
     register(load(_entry))
+
+
+def headlines():
+    """[(method name, arch, Headline)]: every paper's headline setting, in the registry's table order."""
+    return [(name, arch, h) for name in list_methods() for arch, h in REGISTRY[name].headlines.items()]

@@ -23,7 +23,7 @@ def aggregate(runs):
     rows = []
     for (name, target), rs in groups.items():
         row = {"name": name, "label": rs[0]["label"], "target": target, "n": len(rs), "seeds": [r.get("seed") for r in rs],
-               "note": rs[0].get("note"), "baseline": rs[0].get("baseline", False)}
+               "note": rs[0].get("note"), "baseline": rs[0].get("baseline", False), "headline": rs[0].get("headline")}
         for k in MEAN_KEYS + tuple(k for k in ORT_KEYS if k in rs[0]):
             values = [r[k] for r in rs if r.get(k) is not None]
             row[k] = statistics.fmean(values) if values else None
@@ -120,18 +120,21 @@ def markdown_table(rows, onnx=False):
     return lines
 
 
-def report_markdown(rows, settings, notes, commands, onnx=False):
-    """The whole comparison.md: settings, the table, the verdicts, what each number means, the commands."""
+def report_markdown(rows, settings, notes, commands, onnx=False, reproduction=None):
+    """The whole comparison.md: settings, the table, (the paper budgets) the reproduction table, the verdicts, what
+    each number means, the commands."""
     targets = ", ".join(f"{t:.0%}" for t in settings["macs_targets"])
-    lines = [f"# {settings['arch']} on {settings['data']}: the four methods and the baselines at {targets} of the "
-             "MACs", "",
+    aim = "each at its paper's headline setting" if any(r.get("headline") for r in rows) else f"at {targets} of the MACs"
+    lines = [f"# {settings['arch']} on {settings['data']}: the four methods and the baselines {aim}", "",
              f"Budget `{settings['budget']}`; {settings['test_images']:,} test images; seeds {settings['seeds']} "
              f"(n per row); groups pruned: {settings.get('groups', 'internal')}"
              + (f", widths in multiples of {settings['round_to']}" if settings.get("round_to", 1) > 1 else "")
              + ("; ResRep aimed at " + ", ".join(f"{t:.0%}" for t in settings["latency_targets"]) + " of the base's "
                 "predicted latency instead of the MACs target of its row" if settings.get("latency_targets") else "")
              + f"; latency: {settings['latency']}; written {settings['date']}.", "",
-             *markdown_table(rows, onnx), "", "## What the numbers say", "",
+             *markdown_table(rows, onnx), "",
+             *(["## Against the papers", "", reproduction, ""] if reproduction else []),
+             "## What the numbers say", "",
              *[f"- {v}" for v in verdicts(rows)], "",
              "- *top-1*: mean ± sample std over the seeds (n of them); one image is "
              f"{100 / settings['test_images']:.2g} point. *before conversion*: the method's trained network before "

@@ -13,7 +13,8 @@ A method is data (its recipes, its comparison budgets) plus a few functions, cal
     finetune(run)      after the conversion (AOFP, L1): train the converted net in its own folder
 
 and by the comparison (compare_methods.py): it passes `--macs-target T` to every method and baseline (ResRep also
-takes `--latency-target F`), with the flags of the chosen `budgets` entry, and reads the result from the files.
+takes `--latency-target F`; the paper budgets pass a method's `headlines` setting instead), with the flags of the
+chosen budget (`budget_flags`), and reads the result from the files.
 Not a class hierarchy: a new method fills these fields.
 """
 import os
@@ -62,6 +63,35 @@ def required_start(args):
     return args.init
 
 
+def quarter_flags(recipe):
+    """The `paper-quarter` budget's flags for a stage whose paper recipe is `recipe`: a quarter of its epochs, and of
+    its warm-up; its milestones scale with the epochs (cli.train_config). Step-based constants (ResRep's mask interval
+    and its steps before the first mask, AOFP's halves) are kept."""
+    flags = ["--epochs", str(max(1, recipe["epochs"] // 4))]
+    if recipe.get("warmup_epochs"):
+        flags += ["--warmup-epochs", f"{recipe['warmup_epochs'] / 4:g}"]
+    return flags
+
+
+def training_phases(args, cfg):
+    """[(epochs, global batch)] a stage trains for: one phase; AOFP adds its fine-tune."""
+    return [(cfg.epochs, cfg.batch_size)]
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A paper's headline setting on one architecture, and what the paper published for it (docs/REPRODUCING.md,
+    from ../shared/specs). The comparison's `paper` budgets run it instead of their MACs target."""
+    paper: str  # "ResRep (ICCV'21)"
+    flags: tuple  # the stage's flags for the setting, instead of --macs-target and --groups
+    macs: float  # the fraction of our MACs count the setting keeps: the row's target in the table
+    flops_pruned: float  # published, percent
+    base_top1: float | None  # published base and pruned top-1; None where the paper's row is not verified
+    top1: float | None
+    source: str  # where the published number is from
+    setting: str | None = None  # the knob in the table's footnote (C-SGD's ratio, SFP's rate)
+
+
 def macs_aim(target):
     """The flags every method and baseline takes to keep `target` of its start network's MACs."""
     return ["--macs-target", f"{target:g}"]
@@ -90,6 +120,9 @@ class Method:
     # --- in the comparison --------------------------------------------------------------------------
     baseline: bool = False  # a baseline row rather than a method
     budgets: dict = field(default_factory=dict)  # {"demo": flags, "study": flags, "smoke": flags, "paper": flags}
+    quarter: Callable = quarter_flags  # (paper recipe) -> the paper-quarter budget's flags, added to the paper budget's
+    headlines: dict = field(default_factory=dict)  # {arch: Headline}: its paper's headline settings
+    phases: Callable = training_phases  # (args, cfg) -> [(epochs, batch)]: for the plan's step counts
     # (arch, macs target, groups, round_to) -> the knob the target is solved into ("0.47"), for the footnote;
     # None: the method aims at the target itself (ResRep, AOFP)
     solve: Callable | None = None
@@ -101,3 +134,11 @@ class Method:
     converts: bool = True  # writes finish_converted.hdf5 with its proof (scratch and base+ do not)
     final: str | None = None  # the network whose accuracy is final, when not the converted one (a fine-tune)
     done: str = CONVERTED  # the file (in its folder) whose presence means the stage is finished
+
+
+def budget_flags(method, budget, dataset):
+    """A method's flags in one of the comparison's budgets; `dataset` (cifar10 or imagenet: the arch's) picks the
+    paper recipe that `paper-quarter` shortens."""
+    if budget == "paper-quarter":
+        return [*method.budgets.get("paper", []), *method.quarter(method.recipes[dataset])]
+    return list(method.budgets.get(budget, []))

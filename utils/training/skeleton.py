@@ -124,9 +124,10 @@ def parse(method, argv=None):
     return parser(method).parse_args(argv)
 
 
-def prepare_args(method, args):
-    """Every flag checked (the method's own, then the shared knobs with the recipe) and the start weights found,
-    reading and writing nothing: (TrainConfig, start weights or None). A bad value is one line naming its flag."""
+def prepare_args(method, args, start=True):
+    """Every flag checked (the method's own, then the shared knobs with the recipe) and the start weights found
+    (`start=False`: not looked for, as in a plan made before they exist), reading and writing nothing: (TrainConfig,
+    start weights or None). A bad value is one line naming its flag."""
     spec = get_arch(args.arch)
     args.data = args.data or spec.dataset
     if method.validate is not None:
@@ -134,14 +135,14 @@ def prepare_args(method, args):
     recipe = dict(method.recipes[spec.dataset], output=args.output or method.output(args))
     cfg = train_config(args, recipe)
     check_config(cfg, args)
-    cfg.extra["init"] = start = method.start(args)
-    return cfg, start
+    cfg.extra["init"] = found = method.start(args) if start else args.init
+    return cfg, found
 
 
-def check(method, argv):
+def check(method, argv, start=True):
     """What `run` checks before it starts anything: the parsed flags, TrainConfig and start weights."""
     args = parse(method, argv)
-    return (args, *prepare_args(method, args))
+    return (args, *prepare_args(method, args, start))
 
 
 # --- one run -------------------------------------------------------------------------------------------

@@ -1,25 +1,26 @@
 """Compare the four methods and the baselines on one base network: `python compare_methods.py`.
 
-Trains a base network (src20 on the embedded cifar10-mini by default: 5,000 training images and the whole
-10,000-image test set), prunes it with ResRep, C-SGD, AOFP and SFP to the same fraction of its MACs
-(`--macs-target`, each as close as it allows, all on the internal layers; with `--latency-target F` ResRep
-aims at F of the base's latency instead, predicted by a per-layer table measured on the device), runs the
-baselines at the same MACs and epochs (L1 pruning + fine-tune, the narrow net from scratch, the base trained
-as long), for each seed of `--seeds` and each target, reads every network back from its file, evaluates it, times it (BN
-fused) and writes under the output folder (default compare_models/{arch}_{data}/):
+Starts from a base network (by default src20 on the embedded cifar10-mini, from the shipped src20 base trained on
+CIFAR-10: 5,000 training images and the whole 10,000-image test set), prunes it with ResRep, C-SGD, AOFP and SFP to
+the same fraction of its MACs (`--macs-target`, each as close as it allows, all on the internal layers; with
+`--latency-target F` ResRep aims at F of the base's latency instead, predicted by a per-layer table measured on the
+device), runs the baselines at the same MACs and epochs (L1 pruning + fine-tune, the narrow net from scratch, the
+base trained as long), for each seed of `--seeds` and each target, reads every network back from its file,
+evaluates it, times it (BN fused) and writes under the output folder (default compare_models/{arch}_{data}/):
 
     comparison.md    the table (mean ± std over seeds, n), which method beats which baseline, the commands
     comparison.png   top-1 against MACs, a line per method and baseline, error bars; the base as a star
     speedup.png      the measured speed-up against MACs
     comparison.json  every run's numbers, the table's rows, the settings and the command of each stage
-    base/            the base;  {resrep,csgd,aofp,sfp,l1,scratch}/macs{T}-seed{S}/, base+/seed{S}/: each stage
+    base/            the base (when trained);  {resrep,csgd,aofp,sfp,l1,scratch}/macs{T}-seed{S}/, base+/seed{S}/
     onnx/            with --onnx: every network as ONNX (BN fused), checked in ONNX Runtime (and timed there:
                      the table's ORT columns)
 
-Budgets: `demo` (default on cifar10-mini and synthetic: minutes on a laptop CPU), `paper` (default
-otherwise: each method's own recipe, e.g. `--data cifar10 -a src56`), `study` (full CIFAR-10, see
-docs/COMPARISON.md; src20 starts from the shipped base), `smoke` (a few steps per stage). A finished stage
-is not redone; an interrupted one resumes when the same command is re-run.
+Budgets: `demo` (default on cifar10-mini and synthetic: minutes on a laptop CPU), `paper` (default otherwise: each
+method's own recipe; on src56 each at its paper's headline setting), `paper-quarter` (the same, a quarter of the
+epochs), `study` (full CIFAR-10, see docs/COMPARISON.md), `smoke` (a few steps per stage). `--dry-run` prints the
+plan; `--jobs N` runs N stages at once. A finished stage is not redone; an interrupted one resumes when the same
+command is re-run.
 
 This file is orchestration only: it iterates the registry (utils/registry.py), where every method and
 baseline is one `Method` (its budget flags, how it meets a MACs target, its footnote); every stage's result is
@@ -86,7 +87,8 @@ def parse(argv=None):
     p.add_argument("--data-root", help="dataset folder or archive (cifar10, imagenet)")
     p.add_argument("--macs-target",
                    help="fraction of the base MACs to keep, or a comma list for a curve, e.g. 0.3,0.5,0.7 "
-                        "(default 0.5; the paper budgets: each method's headline setting where its paper has one for the arch)")
+                        "(default 0.5; the paper budgets: each method's headline setting where its paper has one "
+                        "for the arch)")
     p.add_argument("--latency-target", metavar="F",
                    help="the methods that take one (ResRep) aim at F of the base's latency (batch 64 on --device, "
                         "predicted by a per-layer table measured once and cached) instead of the MACs target; one F "
@@ -261,10 +263,11 @@ class Stages:
             return a.init
         shipped = shipped_base(a.arch, a.data, a.budget) if a.seed == 0 and not a.extra.get("base") else None
         if shipped:  # the base stage's very recipe at seed 0, trained once and committed
+            shipped = os.path.relpath(shipped)  # the stages' commands hold no absolute path: a folder can move
             self.step += 1
-            print(f"== [{self.step}/{self.total}] base: the shipped {a.arch} base, {os.path.relpath(shipped)} (trained "
+            print(f"== [{self.step}/{self.total}] base: the shipped {a.arch} base, {shipped} (trained "
                   f"on CIFAR-10 with the study budget's base recipe; its provenance: python display_hdf5.py "
-                  f"{os.path.relpath(shipped)}; --init FILE starts from another)", flush=True)
+                  f"{shipped}; --init FILE starts from another)", flush=True)
             return shipped
         if a.arch.startswith("sres") and a.budget != "smoke":
             path, make = base_weights(a.arch)  # ImageNet bases come from torchvision, not from training

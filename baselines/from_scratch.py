@@ -40,6 +40,6 @@ SCRATCH = Method(
              "study": base_plus_a_method(BASE_BUDGETS["study"], TUNE["study"]),
              "smoke": TUNE["smoke"]},
     note=lambda conversion, ratio: (
-        f"from scratch (Liu et al. 2019): the uniform widths x{ratio} trained from random weights for the base's "
-        "plus a method's epochs."),
+        f"from scratch (Liu et al. 2019): the uniform widths x{ratio} trained from random weights for the budget's "
+        "base epochs plus a method's."),
 )

@@ -1,6 +1,6 @@
 """AOFP's damage t under the two BN modes, on the same ablations of the same trained network.
 
-    python benchmarks/aofp_damage.py compare_models/src20_cifar10-mini/base/finish.hdf5 [--batches 8]
+    python benchmarks/aofp_damage.py base_model/weights/src20_cifar10.hdf5 [--batches 8]   # any trained base
 
 For every searched layer and batch (cifar10-mini training images, unaugmented order), one random half of
 the layer's filters is ablated and t = ||Z - Z'||^2 / ||Z||^2 is measured at the scorer in train mode, once

@@ -6,7 +6,8 @@ Both loops run the same model, optimizer (same parameter groups) and in-memory b
 cifar10-mini; the C-SGD loop adds the after-backward gradient rewrite on every group the arch's first
 iteration slims (src56: all 57 convs, k-means clusters). The two alternate, `--repeats` times each, and
 medians are compared, so a machine busy with something else slows both alike. The update is also timed
-alone, over the same steps' gradients, which gives the overhead without the noise of whole steps.
+alone, over the same steps' gradients, which gives the overhead without the noise of whole steps, and its ATen
+operations are counted (on a GPU, about one kernel launch each).
 """
 if not __package__:  # run as a file, not as a module: the repository root goes on the path, as with -m
     import os
@@ -39,6 +40,22 @@ def update_alone(hook, device, repeats=20):
         hook.apply()
     sync(device)
     return (time.perf_counter() - t) / repeats
+
+
+def ops_per_update(hook):
+    """The ATen operations one update dispatches, views (no kernel) left out: on a GPU each is about one launch."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        hook.apply()
+    return Count.n
 
 
 def main(argv=None):
@@ -74,13 +91,15 @@ def main(argv=None):
     result = {"arch": args.arch, "device": str(device), "threads": torch.get_num_threads(), "batch": args.batch_size,
               "steps": len(batches), "repeats": args.repeats, "clustered_groups": len(clusters),
               "clustered_tensors": len(hook.entries), "plain_s_per_step": statistics.median(plain),
-              "csgd_s_per_step": statistics.median(csgd), "update_s": update_alone(hook, device)}
+              "csgd_s_per_step": statistics.median(csgd), "update_s": update_alone(hook, device),
+              "update_ops": ops_per_update(hook)}
     result["ratio"] = result["csgd_s_per_step"] / result["plain_s_per_step"]
     result["update_ratio"] = 1 + result["update_s"] / result["plain_s_per_step"]
     print(f"{args.arch} batch {args.batch_size} on {device} ({result['threads']} threads), {len(batches)} steps x "
           f"{args.repeats}: plain {result['plain_s_per_step'] * 1e3:.1f} ms/step, C-SGD "
           f"{result['csgd_s_per_step'] * 1e3:.1f} ms/step, ratio {result['ratio']:.3f}; the update alone "
-          f"{result['update_s'] * 1e3:.2f} ms over {len(hook.entries)} tensors "
+          f"{result['update_s'] * 1e3:.2f} ms over {len(hook.entries)} tensors, "
+          f"{result['update_ops']} ATen ops "
           f"(1 + update/plain step = {result['update_ratio']:.4f})")
     print(json.dumps(result))
     if args.output:

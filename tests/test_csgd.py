@@ -359,3 +359,30 @@ def test_two_gloo_processes_share_clusters_and_weights(fresh_base_file, tmp_path
     for k in a["state"]:
         assert torch.equal(a["state"][k], b["state"][k]), k
     assert os.path.exists(tmp_path / "src20_train" / "itr0" / "finish_converted.hdf5")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_gathered_update_is_the_per_tensor_formula(channels_last):
+    """The gathered update (every clustered tensor in one vector) computes Gamma (G - eps W) + (wd + eps) W for each
+    tensor, writes it into the gradient it was given (in its memory format), and fills a missing one."""
+    torch.manual_seed(0)
+    rng = random.Random(1)
+    model = build_model("src20")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    graph = arch_graph_at("src20", model.deps)
+    clusters = {g.id: random_clusters(g.width, rng) for g in graph.groups if g.role != "output"}
+    hook = CentripetalHook(graph, clusters, 0.3, 1e-3, 1e-4, vector_factor=0.5).bind(model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    missing = hook.entries[1][0]
+    missing.grad = None
+    expected = {name: rows.mean((w.grad if w.grad is not None else torch.zeros_like(w)) - eps * w) + decay * w
+                for w, rows, eps, decay, name in hook.entries}
+    pointers = {name: w.grad.data_ptr() for w, _, _, _, name in hook.entries if w.grad is not None}
+    hook.apply()
+    for w, _, _, _, name in hook.entries:
+        torch.testing.assert_close(w.grad, expected[name], rtol=1e-6, atol=1e-6)
+        assert name not in pointers or w.grad.data_ptr() == pointers[name]  # written in place
+        if w.dim() == 4:
+            assert w.grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

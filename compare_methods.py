@@ -196,6 +196,7 @@ class Stages:
             self.common += ["--data-root", args.data_root]
         self.total = 1 + len(args.seeds) * sum(len(self.targets(REGISTRY[n])) for n in args.methods + args.baselines)
         self.step, self.number = 0, {}
+        self.planned = []  # --dry-run: the stages that would run
 
     def headline(self, method):
         """The method's paper setting on this arch when a paper budget runs without --macs-target, else None."""
@@ -227,16 +228,18 @@ class Stages:
             raise type(e)(f"stage {stage.label} ({stage.command}): {e}") from None
         return True
 
-    def run(self, stages):
-        """Run the stages that are not done: here, one after another, or --jobs of them at once as processes."""
+    def run(self, stages, alone=False):
+        """Run the stages that are not done: here, one after another, or --jobs of them at once as processes. A
+        stage's thread count follows from --jobs and --threads only (not from how many stages are left), so a
+        resumed stage keeps its threads; `alone` (the base, before every other stage) runs here with --threads."""
         a = self.args
         todo = [s for s in stages if self.ready(s)]
         if a.dry_run:
-            self.planned = getattr(self, "planned", []) + todo
+            self.planned += todo
             return
         for stage in todo:
             write_text(os.path.join(stage.folder, "stage_command.txt"), stage.command + "\n")
-        if a.jobs == 1 or len(todo) == 1:
+        if a.jobs == 1 or alone:
             for stage in todo:
                 self.started(stage)
                 t = time.time()
@@ -276,7 +279,7 @@ class Stages:
         argv = ["-a", a.arch, "-o", out, *self.common, "--seed", str(a.seed), *QUIET.get(a.budget, []),
                 *budget_flags(BASE, a.budget, self.dataset), *a.extra.get("base", [])]
         path = os.path.join(out, "finish.hdf5")
-        self.run([Stage(BASE, out, "base", argv, path)])
+        self.run([Stage(BASE, out, "base", argv, path)], alone=True)
         return path
 
     def entry(self, method, base, target, seed):
@@ -355,7 +358,7 @@ def main(argv=None):
                for seed in args.seeds]
     stages.run([stage for stage, _ in planned])
     if args.dry_run:
-        print_plan(args, getattr(stages, "planned", []))
+        print_plan(args, stages.planned)
         return 0
     results = [stages.result(stage, begun) for stage, begun in planned]
     if args.deadline is not None and args.deadline - time.monotonic() < TIME_MARGIN_S:

@@ -87,3 +87,21 @@ def test_jobs_and_threads_are_checked(capsys):
     assert "--jobs 0: must be at least 1" in capsys.readouterr().err
     assert exit_code(compare_methods.main, ["--threads", "-1"]) == 2
     assert "--threads -1: must be at least 1" in capsys.readouterr().err
+
+
+def test_a_stages_threads_do_not_depend_on_how_many_are_left(monkeypatch, tmp_path):
+    """With --jobs 2, the last stage left (a resumed run) still runs as a process with the jobs' thread count, so it
+    continues with the threads it started with; only the base, always alone, runs here."""
+    calls = []
+    monkeypatch.setattr(compare_methods.Stages, "ready", lambda self, stage: True)
+    monkeypatch.setattr(compare_methods, "run_here", lambda stage, deadline, n: calls.append(("here", n)))
+    monkeypatch.setattr(compare_methods, "run_processes",
+                        lambda stages, jobs, n, deadline, started, finished: calls.append(("processes", n)))
+    monkeypatch.setattr(compare_methods.Stages, "finished", lambda self, stage, seconds: None)
+    monkeypatch.setattr(compare_methods.Stages, "started", lambda self, stage: None)
+    stages = compare_methods.Stages(compare_methods.parse([*SMOKE_COMPARISON, "--jobs", "2", "--threads", "1",
+                                                            "-o", str(tmp_path)]))
+    one = script_stage(tmp_path, "one", "")
+    stages.run([one])
+    stages.run([one], alone=True)
+    assert calls == [("processes", 1), ("here", 1)]

@@ -132,3 +132,11 @@ def test_the_main_job_prunes_the_shipped_base(capsys, tmp_path):
             assert not os.path.isabs(flag(argv, "--init")) and os.path.samefile(flag(argv, "--init"), path), script
         assert flag(argv, "--data") == "cifar10-mini"
     assert re.search(r"total: [\d,]+ training steps; H200 time not measured|not measured for this arch", text)
+
+
+@pytest.mark.parametrize("data", ["cifar10-mini", "synthetic"])
+def test_the_plans_image_counts_are_the_data_sets(data):
+    """The plan counts steps from TRAIN_IMAGES without loading the data: it must be what the loader holds."""
+    from utils.training.data import TRAIN_IMAGES, make_loaders
+    train, _ = make_loaders(data, batch_size=64)
+    assert train.dataset_size == TRAIN_IMAGES[data]

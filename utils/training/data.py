@@ -42,6 +42,9 @@ CIFAR_PAD = 4  # random crop from the image zero-padded by 4, as the original re
 CIFAR_MEAN, CIFAR_STD = 0.5, 0.5  # the original repos' Normalize(0.5, 0.5)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SYNTHETIC_SIZES = (512, 128)  # train, val
+# Training images of each data set, known without loading it (a plan's step counts: images // global batch):
+# CIFAR-10's train split, cifar10-mini's 500 a class, ImageNet's train split.
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar10-mini": 5_000, "imagenet": 1_281_167, "synthetic": SYNTHETIC_SIZES[0]}
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "pruning-data")
 DOWNLOAD_TIMEOUT = 30  # seconds per socket operation, so a firewalled machine fails instead of hanging
 

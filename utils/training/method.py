@@ -80,8 +80,8 @@ def training_phases(args, cfg):
 
 @dataclass(frozen=True)
 class Headline:
-    """A paper's headline setting on one architecture, and what the paper published for it (docs/REPRODUCING.md,
-    from ../shared/specs). The comparison's `paper` budgets run it instead of their MACs target."""
+    """A paper's headline setting on one architecture, and what the paper published for it (docs/REPRODUCING.md
+    cites each source). The comparison's `paper` budgets run it instead of their MACs target."""
     paper: str  # "ResRep (ICCV'21)"
     flags: tuple  # the stage's flags for the setting, instead of --macs-target and --groups
     macs: float  # the fraction of our MACs count the setting keeps: the row's target in the table

@@ -18,12 +18,11 @@ import torch
 
 from utils.command import NOT_FINISHED, NotFinished, RunError
 from utils.training import skeleton
+from utils.training.data import TRAIN_IMAGES
 from utils.training.engine import TIME_MARGIN_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUTPUT = "stage_output.txt"  # a stage run as a process writes its console output here, in its folder
-# Training images per epoch of each data set (steps = images // global batch; ImageNet's train split).
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar10-mini": 5_000, "imagenet": 1_281_167, "synthetic": 512}
 # The one GPU measurement of a training step (benchmarks/gpu_check.py, NVIDIA H200, 2026-11-30): a src56 epoch of
 # 390 steps at batch 128 took 7.07 s in bf16 + channels_last. The step is launch-bound (batch 1 and 256 take the
 # same time), so it is counted the same at batch 64. ResRep's step costs 1.05x a plain one, C-SGD's 1.49x; the

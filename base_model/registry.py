@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 from typing import Callable
 
-from . import cifar_resnet, imagenet_resnet, vgg
+from . import cifar_resnet, imagenet_resnet, torchvision_models as tv, vgg
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,26 @@ ARCHS = {spec.name: spec for spec in (
 )}
 
 
+def _torchvision(arch):
+    """The spec of `tv:NAME`, made on first use (its default deps come from a meta-device build)."""
+    import torch
+
+    name = tv.tv_name(arch)
+    cifar = name in tv.CIFAR_VARIANTS
+    num_classes = 10 if cifar else 1000
+    with torch.device("meta"):
+        full = tv.full_model(name, num_classes)
+    deps, names = [m.out_channels for m in full.modules() if isinstance(m, torch.nn.Conv2d)], tv.conv_names(full)
+    return ArchSpec(arch, lambda d, nc: tv.build(arch, d, nc), lambda: list(deps), lambda: list(names),
+                    "cifar10" if cifar else "imagenet", num_classes, 32 if cifar else tv.INPUT_SIZE.get(name, 224))
+
+
 def get_arch(arch):
+    if arch not in ARCHS and isinstance(arch, str) and arch.startswith(tv.PREFIX):
+        ARCHS[arch] = _torchvision(arch)
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(a for a in ARCHS if ':' not in a)}, "
+                         f"or tv:NAME for a torchvision CNN (tv:resnet18, tv:mobilenet_v2, tv:mobilenet_v2_cifar, ...)")
     return ARCHS[arch]
 
 

@@ -94,7 +94,7 @@ def clustered_tensors(graph, clusters):
     """[(group id, tensor name, kind)] for every tensor the update rewrites; kind 'kernel' or 'vector'."""
     out = []
     for gid in sorted(clusters):
-        for p in graph.groups[gid].producers:
+        for p in graph.groups[gid].rows():  # a depthwise conv or gate follower is pulled with its cluster
             out.append((gid, f"{p.conv}.weight", "kernel"))
             out.append((gid, f"{p.conv}.bias", "vector"))
             if p.bn is not None:
@@ -167,7 +167,7 @@ class CentripetalHook(Hook):
         self.gathered = _Gathered(self.entries) if self.entries else None
         modules = dict(model.named_modules())
         self.buffers = [(getattr(modules[p.bn], key), rows[gid], key) for gid in self.clusters
-                        for p in self.graph.groups[gid].producers if p.bn is not None
+                        for p in self.graph.groups[gid].rows() if p.bn is not None
                         for key in ("running_mean", "running_var")]
         return self
 

@@ -102,11 +102,38 @@ class AddImage(nn.Module):
         return x + self.c(x)
 
 
+class Inner(nn.Module):
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1)
+
+
+class Permute(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 3, 3, padding=1)
+        self.inner = Inner()
+
+    def forward(self, x):
+        return self.inner(self.c(x))
+
+
+class LayerNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.norm(self.c(x).permute(0, 2, 3, 1))
+
+
 @pytest.mark.parametrize("model,channels,message", [
-    (Concat(), 3, r"unsupported op call_function cat at node 'cat'"),
-    (Grouped(), 4, r"grouped conv 'dw' \(groups=4\) is not supported"),
-    (Sigmoid(), 4, r"unsupported module 'act' \(Sigmoid\)"),
+    (Concat(), 3, r"concatenation \(not followed yet\) call_function cat at node 'cat'"),
+    (Grouped(), 4, r"depthwise conv 'dw' \(groups=4\) must read a conv feature map at node 'dw' in module 'dw'"),
+    (Sigmoid(), 4, r"Sigmoid 'act' outside a squeeze-excite gate reaches the output"),
     (AddImage(), 3, r"add 'add' must sum two conv feature maps"),
+    (Permute(), 3, r"unsupported op call_method permute at node 'permute' in module 'inner' \(Inner\)"),
+    (LayerNormNet(), 3, r"LayerNormNet normalises with LayerNorm \('norm'\), not BatchNorm"),
 ])
 def test_unsupported_ops_are_named(model, channels, message):
     with pytest.raises(UnsupportedOpError, match=message):

@@ -1,9 +1,20 @@
 """The channel graph: which convs' output channels are tied, and who consumes them.
 
-Derived from the model by one torch.fx pass (no per-architecture index tables). Every conv opens a
-channel group; a residual add unites the groups of its two inputs; BN, ReLU, pooling and flatten
-pass channels through; a conv or a linear (after flatten, reading a block of columns per channel)
-consumes them. Anything else is refused by name, so a new architecture fails loudly, not silently.
+Derived from the model by one torch.fx pass with one rule per op type (no per-architecture index tables):
+- a conv opens a channel group; a BN right after a conv belongs to it;
+- a depthwise conv (groups = in = out) *follows* the group it reads: its output channel i is its input
+  channel i, so pruning a channel removes it in the producer, the depthwise conv and its BN; a grouped conv
+  with in = out follows the same way, whole conv groups at a time (its group's role is "grouped", which no
+  method prunes yet: a decision would have to keep whole conv groups);
+- a residual add unites the groups of its two inputs;
+- squeeze-excite: a gate (a sigmoid or hard sigmoid of a conv on a pooled map) multiplying a feature map
+  makes the gate's conv a follower of the gated group (its rows go with the channels they gate), and the
+  squeeze conv that reads the pooled map opens the gate's inner width, a group of its own;
+- activations that keep 0 at 0 (ReLU, ReLU6, SiLU, Hardswish, GELU, ...), pooling, dropout, flatten and
+  stochastic depth (traced in eval mode, where it is the identity) pass channels through;
+- a conv or a linear (after flatten, reading a block of columns per channel) consumes them.
+A pruned channel is exactly 0 from its producer's BN to its consumers (every activation on the way keeps 0),
+which is what makes dropping it exact. Anything else is refused by name, with the module it sits in.
 """
 import operator
 from dataclasses import dataclass, field
@@ -13,17 +24,26 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torchvision.ops import stochastic_depth
 
-PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)
-PASS_FUNCTIONS = {F.relu, torch.relu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout}
+# Activations with f(0) = 0: a zeroed channel stays zero through them.
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh)
+GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)  # f(0) != 0: allowed only as a squeeze-excite gate
+PASS_MODULES = (*ACTIVATIONS, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)
+PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.silu, F.hardswish, F.gelu, F.leaky_relu, F.elu, F.mish, torch.tanh,
+                  F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout, stochastic_depth}
 PASS_METHODS = {"relu", "relu_", "contiguous"}
+GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
+GATE_METHODS = {"sigmoid", "sigmoid_"}
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 ADD_METHODS = {"add", "add_"}
+MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
+MUL_METHODS = {"mul", "mul_"}
 FLATTEN_FUNCTIONS = {torch.flatten}
+MEAN_FUNCTIONS = {torch.mean}
+NO_BN_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
 
 
-# Roles a method may prune (an "output" group feeds the logits directly). `--groups` takes "all" or a
-# comma list of these in every method; "internal" (one conv, one consumer) is what ResRep and AOFP prune.
 PRUNABLE_ROLES = ("internal", "residual", "stem", "fanout")
 
 
@@ -52,17 +72,27 @@ class ChannelGroup:
 
     role: "internal" (one conv, one consumer), "residual" (channels meeting in a residual sum),
     "stem" (the first conv, fanning out into a residual stage), "fanout" (another conv fanning out),
-    "output" (reaches the model's output unconsumed; not prunable).
+    "grouped" (read by a grouped conv, which no method prunes yet), "output" (reaches the model's output
+    unconsumed; not prunable). A squeeze-excite's squeeze conv does not count as a consumer for the role.
+
+    producers open the channels (their filters are what methods rank, compact and cluster); followers carry
+    them on, one row per channel (depthwise and grouped convs reading the group, squeeze-excite gate convs
+    multiplying it), and are narrowed, zeroed and averaged with them, never ranked or compacted.
     """
     id: int
     role: str
     width: int
     producers: list[Producer] = field(default_factory=list)
     consumers: list[Consumer] = field(default_factory=list)
+    followers: list[Producer] = field(default_factory=list)
 
     @property
     def deps_indices(self):
         return [p.index for p in self.producers]
+
+    def rows(self):
+        """Every conv (with its BN) whose output rows are this group's channels: producers, then followers."""
+        return [*self.producers, *self.followers]
 
 
 @dataclass
@@ -78,6 +108,7 @@ class LayerCost:
     spatial: int  # output H*W (1 for a linear)
     bias: bool
     bn: bool
+    groups: int = 1  # conv groups: each output reads in/groups channels; 0 = depthwise (one channel each)
 
 
 @dataclass
@@ -88,7 +119,7 @@ class ChannelGraph:
 
     def group_of(self, conv):
         for g in self.groups:
-            if any(p.conv == conv for p in g.producers):
+            if any(p.conv == conv for p in g.rows()):
                 return g
         raise KeyError(f"{conv!r} is not a conv of this model")
 
@@ -102,10 +133,10 @@ class ChannelGraph:
         return {g.id: int(deps[g.producers[0].index]) for g in self.groups}
 
     def deps_at(self, deps, widths):
-        """`deps` with the given {group id: width} (every producer of a group gets its width)."""
+        """`deps` with the given {group id: width} (every producer and follower of a group gets its width)."""
         out = list(deps)
         for gid, width in widths.items():
-            for p in self.groups[gid].producers:
+            for p in self.groups[gid].rows():
                 out[p.index] = int(width)
         return out
 
@@ -153,148 +184,279 @@ class _Source:
     group: int | None = None
     fixed: int = 0
     block: int | None = None  # set once flattened: columns per channel
+    gate: str | None = None  # set by a sigmoid: the node that made it (allowed only to multiply a feature map)
 
 
 def _describe(node):
     return f"{node.op} {node.target if isinstance(node.target, str) else getattr(node.target, '__name__', node.target)}"
 
 
-def build_channel_graph(model, example_input):
-    """Trace `model` (in eval mode, on any device incl. meta) and return its ChannelGraph."""
-    modules = dict(model.named_modules())
-    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
-    deps_index = {n: i for i, n in enumerate(convs)}
-    gm = fx.symbolic_trace(model)
-    was_training = model.training
-    gm.eval()
-    ShapeProp(gm).propagate(example_input)
-    model.train(was_training)
+def _where(node):
+    """' in module 'path' (Class)' for the innermost module a node was traced in, or ''."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, cls = list(stack.values())[-1]
+    return f" in module '{path}' ({getattr(cls, '__name__', cls)})"
 
-    uf, src = _Groups(), {}
-    producers, consumers, layer_costs, added, bn_of, fed_by_input = {}, {}, [], set(), {}, set()
-    output_groups = set()
 
-    def source(arg, node):
-        if not isinstance(arg, fx.Node) or arg not in src:
-            raise UnsupportedOpError(f"channel graph: cannot follow the input of node '{node.name}' ({_describe(node)})")
-        return src[arg]
+def _refuse(what, node):
+    return UnsupportedOpError(f"channel graph: {what} at node '{node.name}'{_where(node)}")
 
-    def consume(s, name, kind, node):
+
+def _check_norms(model):
+    """One clear line for networks normalised by LayerNorm or GroupNorm (ConvNeXt, the transformers)."""
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return
+    other = next(((n, m) for n, m in model.named_modules() if n
+                  and (isinstance(m, NO_BN_NORMS) or "LayerNorm" in type(m).__name__)), None)
+    if other is not None:
+        raise UnsupportedOpError(
+            f"channel graph: {type(model).__name__} normalises with {type(other[1]).__name__} ('{other[0]}'), not "
+            "BatchNorm after its convs; a per-channel BatchNorm is what narrows exactly, so only BatchNorm CNNs "
+            "are supported")
+
+
+def _is(node, functions, methods):
+    return (node.op == "call_function" and node.target in functions) or \
+        (node.op == "call_method" and node.target in methods)
+
+
+def _mean_dims(node):
+    """(dims, keepdim) of a mean node, or None when it is not a mean."""
+    if not _is(node, MEAN_FUNCTIONS, {"mean"}):
+        return None
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+    return {d % 4 for d in dims}, keep
+
+
+class _Tracer:
+    """The per-op rules, applied node by node to a traced model (see the module docstring)."""
+
+    def __init__(self, modules, convs):
+        self.modules, self.deps_index = modules, {n: i for i, n in enumerate(convs)}
+        self.uf, self.src = _Groups(), {}
+        self.producers, self.consumers, self.layer_costs = {}, {}, []
+        self.added, self.bn_of, self.fed_by_input, self.output_groups = set(), {}, set(), set()
+        self.followers, self.grouped, self.gates, self.in_group_of = set(), set(), set(), {}
+
+    def source(self, arg, node):
+        if not isinstance(arg, fx.Node) or arg not in self.src:
+            raise _refuse(f"cannot follow the input of {_describe(node)}", node)
+        return self.src[arg]
+
+    def consume(self, s, name, kind, node):
+        if s.gate is not None:
+            raise _refuse(f"{s.gate} outside a squeeze-excite gate (a pruned channel would become f(0) != 0) "
+                          f"read by {kind} '{name}'", node)
         block = 1
         if kind == "linear":
             block = s.block or 1
             if s.block is None and s.group is not None:
-                raise UnsupportedOpError(f"channel graph: linear '{name}' reads a conv feature map without flatten")
+                raise _refuse(f"linear '{name}' reads a conv feature map without flatten", node)
         elif s.block is not None:
-            raise UnsupportedOpError(f"channel graph: conv '{name}' reads a flattened tensor")
+            raise _refuse(f"conv '{name}' reads a flattened tensor", node)
         if s.group is not None:
-            consumers.setdefault(s.group, []).append(Consumer(name, kind, block))
+            self.consumers.setdefault(s.group, []).append(Consumer(name, kind, block))
         return block
 
+    def conv(self, node, name, m, s, shape):
+        kh, kw = m.kernel_size
+        spatial = shape[2] * shape[3]
+        if m.groups == 1:
+            self.consume(s, name, "conv", node)
+            g = self.uf.new()
+            self.producers[g] = [Producer(name, None, self.deps_index[name])]
+            if s.group is None:
+                self.fed_by_input.add(g)
+            self.in_group_of[name] = s.group
+            self.layer_costs.append(LayerCost(name, "conv", s.group, s.fixed, g, m.out_channels, kh * kw, spatial,
+                                              m.bias is not None, False))
+            return _Source(group=g)
+        kind = "depthwise" if m.groups == m.in_channels == m.out_channels else "grouped"
+        if m.in_channels != m.out_channels:
+            raise _refuse(f"grouped conv '{name}' (groups={m.groups}) with {m.in_channels} inputs and "
+                          f"{m.out_channels} outputs: only grouped convs with as many outputs as inputs are followed",
+                          node)
+        if s.group is None or s.block is not None or s.gate is not None:
+            raise _refuse(f"{kind} conv '{name}' (groups={m.groups}) must read a conv feature map", node)
+        self.producers[s.group].append(Producer(name, None, self.deps_index[name]))
+        self.followers.add(name)
+        if kind == "grouped":
+            self.grouped.add(s.group)
+        self.layer_costs.append(LayerCost(name, "conv", s.group, 0, s.group, m.out_channels, kh * kw, spatial,
+                                          m.bias is not None, False, 0 if kind == "depthwise" else m.groups))
+        return s
+
+    def module(self, node, shape):
+        name, m = node.target, self.modules[node.target]
+        s = self.source(node.args[0], node)
+        if isinstance(m, nn.Conv2d):
+            return self.conv(node, name, m, s, shape)
+        if isinstance(m, nn.BatchNorm2d):
+            arg = node.args[0]
+            if not (arg.op == "call_module" and isinstance(self.modules[arg.target], nn.Conv2d)
+                    and len(arg.users) == 1):
+                raise _refuse(f"BatchNorm '{name}' must directly follow a conv", node)
+            self.bn_of[arg.target] = (name, m.eps)
+            return s
+        if isinstance(m, nn.Linear):
+            block = self.consume(s, name, "linear", node)
+            self.layer_costs.append(LayerCost(name, "linear", s.group, s.fixed, None, m.out_features, block, 1,
+                                              m.bias is not None, False))
+            return _Source(fixed=m.out_features)
+        if isinstance(m, nn.Flatten):
+            return _flatten(s, node, m.start_dim)
+        if isinstance(m, GATE_MODULES):
+            return _Source(s.group, s.fixed, s.block, f"{type(m).__name__} '{name}'")
+        if isinstance(m, PASS_MODULES):
+            return s
+        raise _refuse(f"unsupported module '{name}' ({type(m).__name__}); supported: Conv2d (plain, depthwise, "
+                      "grouped), BatchNorm2d, Linear, Flatten, activations, pooling, Identity, Dropout", node)
+
+    def gate(self, node):
+        """feature map * gate: the gate's conv follows the gated group; its squeeze conv is not a consumer."""
+        a, b = (self.source(x, node) for x in node.args[:2])
+        feature, gate = (a, b) if b.gate is not None else (b, a)
+        if gate.gate is None or feature.gate is not None or feature.group is None or gate.group is None \
+                or feature.block is not None or gate.block is not None:
+            raise _refuse(f"product {_describe(node)}: only a feature map times a squeeze-excite gate (a sigmoid of "
+                          "a conv) is followed", node)
+        gate_convs = [p.conv for p in self.producers[self.uf.find(gate.group)]]
+        if len(gate_convs) != 1:
+            raise _refuse(f"product {_describe(node)}: the gate must come from one conv", node)
+        self.followers.add(gate_convs[0])
+        self.gates.add(gate_convs[0])
+        self.uf.union(feature.group, gate.group)
+        return feature
+
+    def function(self, node):
+        if _is(node, ADD_FUNCTIONS, ADD_METHODS):
+            a, b = (self.source(x, node) for x in node.args[:2])
+            if a.group is None or b.group is None or a.block is not None or b.block is not None \
+                    or a.gate is not None or b.gate is not None:
+                raise _refuse(f"add '{node.name}' must sum two conv feature maps", node)
+            self.uf.union(a.group, b.group)
+            self.added.add(a.group)
+            return a
+        if _is(node, MUL_FUNCTIONS, MUL_METHODS):
+            return self.gate(node)
+        if _is(node, FLATTEN_FUNCTIONS, {"flatten"}):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            return _flatten(self.source(node.args[0], node), node, start)
+        mean = _mean_dims(node)
+        if mean is not None:
+            s = self.source(node.args[0], node)
+            if mean[0] != {2, 3} or s.block is not None:
+                raise _refuse(f"mean over dims {sorted(mean[0])}: only a global mean over H and W is followed", node)
+            return s if mean[1] else _Source(s.group, s.fixed, 1, s.gate)
+        if _is(node, GATE_FUNCTIONS, GATE_METHODS):
+            s = self.source(node.args[0], node)
+            return _Source(s.group, s.fixed, s.block, f"{_describe(node)} '{node.name}'")
+        if _is(node, PASS_FUNCTIONS, PASS_METHODS):
+            return self.source(node.args[0], node)
+        what = "concatenation (not followed yet)" if node.target in (torch.cat, torch.concat) else "unsupported op"
+        raise _refuse(f"{what} {_describe(node)}", node)
+
+    def output(self, node):
+        out = node.args[0]
+        for arg in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(arg, fx.Node) and arg in self.src:
+                s = self.src[arg]
+                if s.gate is not None:
+                    raise _refuse(f"{s.gate} outside a squeeze-excite gate reaches the output", node)
+                if s.group is not None:
+                    self.output_groups.add(s.group)
+
+
+def build_channel_graph(model, example_input):
+    """Trace `model` in eval mode (on any device incl. meta; stochastic depth and dropout are then the identity)
+    and return its ChannelGraph."""
+    _check_norms(model)
+    modules = dict(model.named_modules())
+    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    was_training = model.training
+    model.eval()
+    try:
+        gm = fx.symbolic_trace(model)
+        ShapeProp(gm).propagate(example_input)
+    finally:
+        model.train(was_training)
+    t = _Tracer(modules, convs)
     for node in gm.graph.nodes:
         shape = getattr(node.meta.get("tensor_meta"), "shape", None)
         if node.op == "placeholder":
-            src[node] = _Source(fixed=shape[1])
+            t.src[node] = _Source(fixed=shape[1])
         elif node.op == "output":
-            out = node.args[0]
-            for arg in (out if isinstance(out, (tuple, list)) else (out,)):
-                if isinstance(arg, fx.Node) and arg in src and src[arg].group is not None:
-                    output_groups.add(src[arg].group)
+            t.output(node)
         elif node.op == "call_module":
-            name, m = node.target, modules[node.target]
-            s = source(node.args[0], node)
-            if isinstance(m, nn.Conv2d):
-                if m.groups != 1:
-                    raise UnsupportedOpError(f"channel graph: grouped conv '{name}' (groups={m.groups}) is not supported")
-                consume(s, name, "conv", node)
-                g = uf.new()
-                producers[g] = [Producer(name, None, deps_index[name])]
-                if s.group is None:
-                    fed_by_input.add(g)
-                kh, kw = m.kernel_size
-                layer_costs.append(LayerCost(name, "conv", s.group, s.fixed, g, m.out_channels,
-                                             kh * kw, shape[2] * shape[3], m.bias is not None, False))
-                src[node] = _Source(group=g)
-            elif isinstance(m, nn.BatchNorm2d):
-                arg = node.args[0]
-                if not (arg.op == "call_module" and isinstance(modules[arg.target], nn.Conv2d) and len(arg.users) == 1):
-                    raise UnsupportedOpError(f"channel graph: BatchNorm '{name}' must directly follow a conv")
-                bn_of[arg.target] = (name, m.eps)
-                src[node] = s
-            elif isinstance(m, nn.Linear):
-                block = consume(s, name, "linear", node)
-                layer_costs.append(LayerCost(name, "linear", s.group, s.fixed, None, m.out_features,
-                                             block, 1, m.bias is not None, False))
-                src[node] = _Source(fixed=m.out_features)
-            elif isinstance(m, nn.Flatten):
-                src[node] = _flatten(s, node, m.start_dim)
-            elif isinstance(m, PASS_MODULES):
-                src[node] = s
-            else:
-                raise UnsupportedOpError(
-                    f"channel graph: unsupported module '{name}' ({type(m).__name__}); supported: Conv2d, "
-                    "BatchNorm2d, Linear, Flatten, ReLU, pooling, Identity, Dropout")
+            t.src[node] = t.module(node, shape)
         elif node.op in ("call_function", "call_method"):
-            fn = node.target
-            is_add = fn in ADD_FUNCTIONS if node.op == "call_function" else fn in ADD_METHODS
-            if is_add:
-                a, b = (source(x, node) for x in node.args[:2])
-                if a.group is None or b.group is None or a.block is not None or b.block is not None:
-                    raise UnsupportedOpError(f"channel graph: add '{node.name}' must sum two conv feature maps")
-                uf.union(a.group, b.group)
-                added.add(a.group)
-                src[node] = a
-            elif (node.op == "call_function" and fn in FLATTEN_FUNCTIONS) or (node.op == "call_method" and fn == "flatten"):
-                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0 if node.op == "call_function" else 0)
-                src[node] = _flatten(source(node.args[0], node), node, start)
-            elif (node.op == "call_function" and fn in PASS_FUNCTIONS) or (node.op == "call_method" and fn in PASS_METHODS):
-                src[node] = source(node.args[0], node)
-            else:
-                raise UnsupportedOpError(f"channel graph: unsupported op {_describe(node)} at node '{node.name}'")
-        else:
-            raise UnsupportedOpError(f"channel graph: unsupported op {_describe(node)} at node '{node.name}'")
-
-    return _assemble(convs, uf, producers, consumers, layer_costs, added, bn_of, fed_by_input, output_groups, modules)
+            t.src[node] = t.function(node)
+        elif node.op != "get_attr":
+            raise _refuse(f"unsupported op {_describe(node)}", node)
+    traced = {p.conv for ps in t.producers.values() for p in ps}
+    missing = [c for c in convs if c not in traced]
+    if missing:
+        raise UnsupportedOpError(f"channel graph: conv '{missing[0]}' is never called in eval mode (an auxiliary "
+                                 "head?); build the model without it")
+    return _assemble(convs, t, modules)
 
 
 def _flatten(s, node, start_dim):
     shape = node.args[0].meta["tensor_meta"].shape
     if start_dim != 1 or len(shape) != 4:
-        raise UnsupportedOpError(f"channel graph: flatten at '{node.name}' must flatten an NCHW map from dim 1")
-    return _Source(group=s.group, fixed=s.fixed, block=shape[2] * shape[3])
+        raise _refuse("flatten must flatten an NCHW map from dim 1", node)
+    return _Source(group=s.group, fixed=s.fixed, block=shape[2] * shape[3], gate=s.gate)
 
 
-def _assemble(convs, uf, producers, consumers, layer_costs, added, bn_of, fed_by_input, output_groups, modules):
+def _squeeze_convs(t):
+    """The squeeze conv of every gate (it reads the pooled gated map; the gate conv reads its output)."""
+    return {p.conv for gate in t.gates for p in t.producers.get(t.in_group_of.get(gate), [])
+            if t.in_group_of.get(gate) is not None}
+
+
+def _assemble(convs, t, modules):
+    uf, order = t.uf, {name: i for i, name in enumerate(modules)}
     members = {}
-    for g in producers:
+    for g in t.producers:
         members.setdefault(uf.find(g), []).append(g)
-    added = {uf.find(g) for g in added}
-    output_groups = {uf.find(g) for g in output_groups}
-    renumber = {root: i for i, root in enumerate(sorted(members, key=lambda r: producers[r][0].index))}
+    added = {uf.find(g) for g in t.added}
+    output_groups = {uf.find(g) for g in t.output_groups}
+    grouped = {uf.find(g) for g in t.grouped}
+    squeeze = _squeeze_convs(t)
+    openers = lambda r: [p for g in members[r] for p in t.producers[g] if p.conv not in t.followers]  # noqa: E731
+    renumber = {root: i for i, root in enumerate(sorted(members, key=lambda r: min(p.index for p in openers(r))))}
     groups = []
     for root, gs in sorted(members.items(), key=lambda kv: renumber[kv[0]]):
-        prods = sorted((p for g in gs for p in producers[g]), key=lambda p: p.index)
-        for p in prods:
-            if p.conv in bn_of:
-                p.bn, p.bn_eps = bn_of[p.conv]
-        cons = [c for g in gs for c in consumers.get(g, [])]
-        cons.sort(key=lambda c: list(modules).index(c.module))
-        if root in added:
+        rows = sorted((p for g in gs for p in t.producers[g]), key=lambda p: p.index)
+        for p in rows:
+            if p.conv in t.bn_of:
+                p.bn, p.bn_eps = t.bn_of[p.conv]
+        prods = [p for p in rows if p.conv not in t.followers]
+        follows = [p for p in rows if p.conv in t.followers]
+        cons = sorted((c for g in gs for c in t.consumers.get(g, [])), key=lambda c: order[c.module])
+        counted = [c for c in cons if c.module not in squeeze]
+        if root in grouped:
+            role = "grouped"
+        elif root in added:
             role = "residual"
-        elif root in output_groups or not cons:
+        elif root in output_groups or not counted:
             role = "output"
-        elif len(cons) == 1:
+        elif len(counted) == 1:
             role = "internal"
         else:
-            role = "stem" if any(g in fed_by_input for g in gs) else "fanout"
-        groups.append(ChannelGroup(renumber[root], role, modules[prods[0].conv].out_channels, prods, cons))
-    for lc in layer_costs:
+            role = "stem" if any(g in t.fed_by_input for g in gs) else "fanout"
+        groups.append(ChannelGroup(renumber[root], role, modules[prods[0].conv].out_channels, prods, cons, follows))
+    for lc in t.layer_costs:
         lc.in_group = None if lc.in_group is None else renumber[uf.find(lc.in_group)]
         lc.out_group = None if lc.out_group is None else renumber[uf.find(lc.out_group)]
         if lc.kind == "conv":
-            lc.bn = lc.module in bn_of
-    layer_costs.sort(key=lambda lc: list(modules).index(lc.module))
-    return ChannelGraph(convs, groups, layer_costs)
+            lc.bn = lc.module in t.bn_of
+    t.layer_costs.sort(key=lambda lc: order[lc.module])
+    return ChannelGraph(convs, groups, t.layer_costs)
 
 
 @lru_cache(maxsize=None)

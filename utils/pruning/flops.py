@@ -1,6 +1,6 @@
 """MACs (what the papers call FLOPs) and parameter counts, for any arch and deps, from the channel graph.
 
-A conv costs Cin*Cout*kh*kw*Hout*Wout MACs and a linear In*Out; BN, ReLU, pooling, adds and biases
+A conv costs Cin/groups*Cout*kh*kw*Hout*Wout MACs (a depthwise conv Cout*kh*kw*Hout*Wout) and a linear In*Out; BN, ReLU, pooling, adds and biases
 cost nothing, as in the papers. Both counts are bilinear in the group widths, so the cost of any
 width vector is a sum over the graph's layers, and the change from one channel is cheap.
 
@@ -21,9 +21,11 @@ from .channel_graph import arch_graph
 
 
 def _widths(layer, widths):
-    """(inputs per output, outputs): a conv reads Cin*kh*kw values per output, a linear Cin*block."""
+    """(inputs per output, outputs): a conv reads Cin/groups*kh*kw values per output (a depthwise conv one
+    channel's kh*kw), a linear Cin*block."""
     cin = layer.in_fixed if layer.in_group is None else widths[layer.in_group]
     cout = layer.out_fixed if layer.out_group is None else widths[layer.out_group]
+    cin = 1 if layer.groups == 0 else cin // layer.groups
     return cin * layer.kernel, cout
 
 

@@ -46,6 +46,9 @@ def fold(compactors, kept):
 
 def _check(decision, group):
     seen, width = set(), group.width
+    if group.role == "grouped" and sorted(i for c in decision.clusters for i in c) != list(range(width)):
+        raise SurgeryError(f"group {group.id} ({group.producers[0].conv}) is read by a grouped conv "
+                           f"({group.followers[0].conv}); narrowing it is not supported yet")
     if not decision.clusters:
         raise SurgeryError(f"group {group.id} ({group.producers[0].conv}): a decision must keep at least one channel")
     for c in decision.clusters:
@@ -115,8 +118,8 @@ def _fold_compactor(state, producer, q):
 
 
 def _mix_producers(state, group, m):
-    """Rows of every producer tensor (conv weight and bias, BN affine and statistics) <- m @ rows."""
-    for p in group.producers:
+    """Rows of every producer and follower tensor (conv weight and bias, BN affine and statistics) <- m @ rows."""
+    for p in group.rows():
         names = [f"{p.conv}.weight", f"{p.conv}.bias"] + ([f"{p.bn}.{k}" for k in BN_KEYS] if p.bn else [])
         for name in names:
             if name in state:
@@ -158,7 +161,7 @@ def fuse_bn_state(state, graph):
     """Every conv+BN as a conv with bias (the deploy form): BN entries removed."""
     out = dict(state)
     for group in graph.groups:
-        for p in group.producers:
+        for p in group.rows():
             if p.bn is None:
                 continue
             k, b = fused_conv_bn(out, p.conv, p.bn, p.bn_eps)
@@ -173,7 +176,7 @@ def fuse_bn(model, graph):
     """Fuse BN into conv in place (BN modules become Identity); the model is then eval-only."""
     state = fuse_bn_state({k: v.detach() for k, v in model.state_dict().items()}, graph)
     for group in graph.groups:
-        for p in group.producers:
+        for p in group.rows():
             if p.bn is None:
                 continue
             conv = model.get_submodule(p.conv)

@@ -8,10 +8,11 @@ import torch
 
 
 def channel_tensors(group, bn=True):
-    """Names of the tensors whose rows are the group's output channels: each producer's conv weight and
-    bias, and (with `bn`) its BN weight and bias. A channel whose rows are all 0 outputs exactly 0."""
+    """Names of the tensors whose rows are the group's output channels: each producer's and follower's conv
+    weight and bias, and (with `bn`) its BN weight and bias. A channel whose rows are all 0 outputs exactly 0
+    (a follower's too: a depthwise conv's BN would turn the producer's 0 into its bias)."""
     names = []
-    for p in group.producers:
+    for p in group.rows():
         names += [f"{p.conv}.weight", f"{p.conv}.bias"]
         if bn and p.bn is not None:
             names += [f"{p.bn}.weight", f"{p.bn}.bias"]

@@ -123,7 +123,7 @@ def resize(model, graph, deps, arch):
     bns = {p.conv: p.bn for g in graph.groups for p in g.rows() if p.bn}
     for lc in graph.layers:
         m = model.get_submodule(lc.module)
-        cin = lc.in_fixed if lc.in_group is None else widths[lc.in_group]
+        cin = lc.in_width(widths)
         if lc.kind == "linear":
             new = nn.Linear(cin * lc.kernel, m.out_features, bias=m.bias is not None)
         else:

@@ -41,6 +41,7 @@ MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
 MUL_METHODS = {"mul", "mul_"}
 FLATTEN_FUNCTIONS = {torch.flatten}
 MEAN_FUNCTIONS = {torch.mean}
+CAT_FUNCTIONS = {torch.cat, torch.concat}
 NO_BN_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
 
 
@@ -64,6 +65,14 @@ class Consumer:
     module: str  # module path of the consuming nn.Conv2d or nn.Linear
     kind: str  # "conv" or "linear"
     block: int = 1  # input columns per channel (a linear after flatten of a CxHxW map reads H*W per channel)
+    # When the input is a concatenation: its parts in order, each (group id, 0) or (None, fixed width), and which
+    # part this group is; the group's columns start after the current widths of the parts before it.
+    parts: tuple = ()
+    part: int = 0
+
+    def offset(self, width_of):
+        """The input channel where this group's columns start, given `width_of(group id)` (current widths)."""
+        return sum(fixed if gid is None else width_of(gid) for gid, fixed in self.parts[:self.part])
 
 
 @dataclass
@@ -109,6 +118,12 @@ class LayerCost:
     bias: bool
     bn: bool
     groups: int = 1  # conv groups: each output reads in/groups channels; 0 = depthwise (one channel each)
+    in_parts: tuple = ()  # groups read besides in_group / in_fixed: the parts of a concatenation
+
+    def in_width(self, widths):
+        """Input channels at the group widths `widths` ({group id: width})."""
+        return (self.in_fixed if self.in_group is None else widths[self.in_group]) + \
+            sum(widths[g] for g in self.in_parts)
 
 
 @dataclass
@@ -185,6 +200,7 @@ class _Source:
     fixed: int = 0
     block: int | None = None  # set once flattened: columns per channel
     gate: str | None = None  # set by a sigmoid: the node that made it (allowed only to multiply a feature map)
+    parts: tuple | None = None  # set by a concatenation: ((group id, 0) or (None, fixed width), ...) in order
 
 
 def _describe(node):
@@ -248,6 +264,7 @@ class _Tracer:
         return self.src[arg]
 
     def consume(self, s, name, kind, node):
+        """Register `name` as a consumer of the channels of `s`; returns (block, in_group, in_fixed, in_parts)."""
         if s.gate is not None:
             raise _refuse(f"{s.gate} outside a squeeze-excite gate (a pruned channel would become f(0) != 0) "
                           f"read by {kind} '{name}'", node)
@@ -258,29 +275,34 @@ class _Tracer:
                 raise _refuse(f"linear '{name}' reads a conv feature map without flatten", node)
         elif s.block is not None:
             raise _refuse(f"conv '{name}' reads a flattened tensor", node)
+        if s.parts is not None:
+            for i, (gid, _) in enumerate(s.parts):
+                if gid is not None:
+                    self.consumers.setdefault(gid, []).append(Consumer(name, kind, block, s.parts, i))
+            return block, None, sum(f for _, f in s.parts), tuple(g for g, _ in s.parts if g is not None)
         if s.group is not None:
             self.consumers.setdefault(s.group, []).append(Consumer(name, kind, block))
-        return block
+        return block, s.group, s.fixed, ()
 
     def conv(self, node, name, m, s, shape):
         kh, kw = m.kernel_size
         spatial = shape[2] * shape[3]
         if m.groups == 1:
-            self.consume(s, name, "conv", node)
+            _, in_group, in_fixed, in_parts = self.consume(s, name, "conv", node)
             g = self.uf.new()
             self.producers[g] = [Producer(name, None, self.deps_index[name])]
-            if s.group is None:
+            if s.group is None and s.parts is None:
                 self.fed_by_input.add(g)
             self.in_group_of[name] = s.group
-            self.layer_costs.append(LayerCost(name, "conv", s.group, s.fixed, g, m.out_channels, kh * kw, spatial,
-                                              m.bias is not None, False))
+            self.layer_costs.append(LayerCost(name, "conv", in_group, in_fixed, g, m.out_channels, kh * kw, spatial,
+                                              m.bias is not None, False, 1, in_parts))
             return _Source(group=g)
         kind = "depthwise" if m.groups == m.in_channels == m.out_channels else "grouped"
         if m.in_channels != m.out_channels:
             raise _refuse(f"grouped conv '{name}' (groups={m.groups}) with {m.in_channels} inputs and "
                           f"{m.out_channels} outputs: only grouped convs with as many outputs as inputs are followed",
                           node)
-        if s.group is None or s.block is not None or s.gate is not None:
+        if s.group is None or s.block is not None or s.gate is not None or s.parts is not None:
             raise _refuse(f"{kind} conv '{name}' (groups={m.groups}) must read a conv feature map", node)
         self.producers[s.group].append(Producer(name, None, self.deps_index[name]))
         self.followers.add(name)
@@ -303,14 +325,14 @@ class _Tracer:
             self.bn_of[arg.target] = (name, m.eps)
             return s
         if isinstance(m, nn.Linear):
-            block = self.consume(s, name, "linear", node)
-            self.layer_costs.append(LayerCost(name, "linear", s.group, s.fixed, None, m.out_features, block, 1,
-                                              m.bias is not None, False))
+            block, in_group, in_fixed, in_parts = self.consume(s, name, "linear", node)
+            self.layer_costs.append(LayerCost(name, "linear", in_group, in_fixed, None, m.out_features, block, 1,
+                                              m.bias is not None, False, 1, in_parts))
             return _Source(fixed=m.out_features)
         if isinstance(m, nn.Flatten):
             return _flatten(s, node, m.start_dim)
         if isinstance(m, GATE_MODULES):
-            return _Source(s.group, s.fixed, s.block, f"{type(m).__name__} '{name}'")
+            return _Source(s.group, s.fixed, s.block, f"{type(m).__name__} '{name}'", s.parts)
         if isinstance(m, PASS_MODULES):
             return s
         raise _refuse(f"unsupported module '{name}' ({type(m).__name__}); supported: Conv2d (plain, depthwise, "
@@ -321,7 +343,7 @@ class _Tracer:
         a, b = (self.source(x, node) for x in node.args[:2])
         feature, gate = (a, b) if b.gate is not None else (b, a)
         if gate.gate is None or feature.gate is not None or feature.group is None or gate.group is None \
-                or feature.block is not None or gate.block is not None:
+                or feature.block is not None or gate.block is not None or feature.parts or gate.parts:
             raise _refuse(f"product {_describe(node)}: only a feature map times a squeeze-excite gate (a sigmoid of "
                           "a conv) is followed", node)
         gate_convs = [p.conv for p in self.producers[self.uf.find(gate.group)]]
@@ -336,7 +358,7 @@ class _Tracer:
         if _is(node, ADD_FUNCTIONS, ADD_METHODS):
             a, b = (self.source(x, node) for x in node.args[:2])
             if a.group is None or b.group is None or a.block is not None or b.block is not None \
-                    or a.gate is not None or b.gate is not None:
+                    or a.gate is not None or b.gate is not None or a.parts or b.parts:
                 raise _refuse(f"add '{node.name}' must sum two conv feature maps", node)
             self.uf.union(a.group, b.group)
             self.added.add(a.group)
@@ -351,14 +373,30 @@ class _Tracer:
             s = self.source(node.args[0], node)
             if mean[0] != {2, 3} or s.block is not None:
                 raise _refuse(f"mean over dims {sorted(mean[0])}: only a global mean over H and W is followed", node)
-            return s if mean[1] else _Source(s.group, s.fixed, 1, s.gate)
+            return s if mean[1] else _Source(s.group, s.fixed, 1, s.gate, s.parts)
         if _is(node, GATE_FUNCTIONS, GATE_METHODS):
             s = self.source(node.args[0], node)
-            return _Source(s.group, s.fixed, s.block, f"{_describe(node)} '{node.name}'")
+            return _Source(s.group, s.fixed, s.block, f"{_describe(node)} '{node.name}'", s.parts)
+        if _is(node, CAT_FUNCTIONS, set()):
+            return self.concat(node)
         if _is(node, PASS_FUNCTIONS, PASS_METHODS):
             return self.source(node.args[0], node)
-        what = "concatenation (not followed yet)" if node.target in (torch.cat, torch.concat) else "unsupported op"
-        raise _refuse(f"{what} {_describe(node)}", node)
+        raise _refuse(f"unsupported op {_describe(node)}", node)
+
+    def concat(self, node):
+        """Channels of a concatenation: each input's, at an offset (the widths of the inputs before it)."""
+        tensors = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if dim % 4 != 1 or len(node.meta["tensor_meta"].shape) != 4:
+            raise _refuse(f"concatenation {_describe(node)} along dim {dim}: only channel concatenation is followed",
+                          node)
+        parts = []
+        for x in tensors:
+            s = self.source(x, node)
+            if s.block is not None or s.gate is not None:
+                raise _refuse(f"concatenation {_describe(node)} of a flattened map or a gate", node)
+            parts += s.parts if s.parts is not None else [(s.group, 0) if s.group is not None else (None, s.fixed)]
+        return _Source(parts=tuple(parts))
 
     def output(self, node):
         out = node.args[0]
@@ -367,8 +405,9 @@ class _Tracer:
                 s = self.src[arg]
                 if s.gate is not None:
                     raise _refuse(f"{s.gate} outside a squeeze-excite gate reaches the output", node)
-                if s.group is not None:
-                    self.output_groups.add(s.group)
+                for gid in ([s.group] if s.parts is None else [g for g, _ in s.parts]):
+                    if gid is not None:
+                        self.output_groups.add(gid)
 
 
 def build_channel_graph(model, example_input):
@@ -409,7 +448,7 @@ def _flatten(s, node, start_dim):
     shape = node.args[0].meta["tensor_meta"].shape
     if start_dim != 1 or len(shape) != 4:
         raise _refuse("flatten must flatten an NCHW map from dim 1", node)
-    return _Source(group=s.group, fixed=s.fixed, block=shape[2] * shape[3], gate=s.gate)
+    return _Source(group=s.group, fixed=s.fixed, block=shape[2] * shape[3], gate=s.gate, parts=s.parts)
 
 
 def _squeeze_convs(t):
@@ -450,7 +489,12 @@ def _assemble(convs, t, modules):
         else:
             role = "stem" if any(g in t.fed_by_input for g in gs) else "fanout"
         groups.append(ChannelGroup(renumber[root], role, modules[prods[0].conv].out_channels, prods, cons, follows))
+    number = lambda g: renumber[uf.find(g)]  # noqa: E731
+    for group in groups:
+        for c in group.consumers:
+            c.parts = tuple((None if g is None else number(g), f) for g, f in c.parts)
     for lc in t.layer_costs:
+        lc.in_parts = tuple(number(g) for g in lc.in_parts)
         lc.in_group = None if lc.in_group is None else renumber[uf.find(lc.in_group)]
         lc.out_group = None if lc.out_group is None else renumber[uf.find(lc.out_group)]
         if lc.kind == "conv":

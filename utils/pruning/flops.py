@@ -23,7 +23,7 @@ from .channel_graph import arch_graph
 def _widths(layer, widths):
     """(inputs per output, outputs): a conv reads Cin/groups*kh*kw values per output (a depthwise conv one
     channel's kh*kw), a linear Cin*block."""
-    cin = layer.in_fixed if layer.in_group is None else widths[layer.in_group]
+    cin = layer.in_width(widths)
     cout = layer.out_fixed if layer.out_group is None else widths[layer.out_group]
     cin = 1 if layer.groups == 0 else cin // layer.groups
     return cin * layer.kernel, cout

@@ -91,6 +91,17 @@ def _mix_inputs(s, w, block):
     return (mixed.reshape(out, -1) if w.dim() == 2 else mixed.squeeze(2)).to(w.dtype)
 
 
+def _mix_consumer(state, graph, group, consumer, s):
+    """The consumer's weight with the group's input columns mixed by s; reading a concatenation, only the
+    group's columns, which start after the current widths of the parts before it."""
+    w = state[f"{consumer.module}.weight"]
+    if not consumer.parts:
+        return _mix_inputs(s, w, consumer.block)
+    start = consumer.block * consumer.offset(lambda gid: state[f"{graph.groups[gid].producers[0].conv}.weight"].shape[0])
+    end = start + consumer.block * group.width
+    return torch.cat([w[:, :start], _mix_inputs(s, w[:, start:end], consumer.block), w[:, end:]], 1)
+
+
 def fused_conv_bn(state, conv, bn, eps):
     """(kernel, bias) of conv followed by BN in eval mode, in float64."""
     k = state[f"{conv}.weight"].double()
@@ -138,7 +149,7 @@ def narrow(state, graph, decisions):
         a, s = _cluster_matrices(decision.clusters, group.width)
         _mix_producers(out, group, a)
         for c in group.consumers:
-            out[f"{c.module}.weight"] = _mix_inputs(s, out[f"{c.module}.weight"], c.block)
+            out[f"{c.module}.weight"] = _mix_consumer(out, graph, group, c, s)
     deps = [int(out[f"{conv}.weight"].shape[0]) for conv in graph.convs]
     return out, deps
 

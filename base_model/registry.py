@@ -40,14 +40,15 @@ def _torchvision(arch):
     """The spec of `tv:NAME`, made on first use (its default deps come from a meta-device build)."""
     import torch
 
-    name = tv.tv_name(arch)
+    name, size = tv.parse(arch)
     cifar = name in tv.CIFAR_VARIANTS
     num_classes = 10 if cifar else 1000
     with torch.device("meta"):
         full = tv.full_model(name, num_classes)
     deps, names = [m.out_channels for m in full.modules() if isinstance(m, torch.nn.Conv2d)], tv.conv_names(full)
     return ArchSpec(arch, lambda d, nc: tv.build(arch, d, nc), lambda: list(deps), lambda: list(names),
-                    "cifar10" if cifar else "imagenet", num_classes, 32 if cifar else tv.INPUT_SIZE.get(name, 224))
+                    "cifar10" if cifar else "imagenet", num_classes,
+                    size or (32 if cifar else tv.INPUT_SIZE.get(name, 224)))
 
 
 def get_arch(arch):
@@ -55,7 +56,7 @@ def get_arch(arch):
         ARCHS[arch] = _torchvision(arch)
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(a for a in ARCHS if ':' not in a)}, "
-                         f"or tv:NAME for a torchvision CNN (tv:resnet18, tv:mobilenet_v2, tv:mobilenet_v2_cifar, ...)")
+                         f"or tv:NAME[@SIZE] for a torchvision CNN (tv:resnet18, tv:mobilenet_v2_cifar, tv:efficientnet_b0@64, ...)")
     return ARCHS[arch]
 
 

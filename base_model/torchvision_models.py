@@ -1,4 +1,5 @@
-"""torchvision's classification CNNs as archs `tv:NAME` (`tv:resnet18`, `tv:mobilenet_v2`, ...), at any deps.
+"""torchvision's classification CNNs as archs `tv:NAME` (`tv:resnet18`, `tv:mobilenet_v2`, ...), at any deps;
+`tv:NAME@SIZE` trains and counts FLOPs at SIZE-pixel inputs (default: the size torchvision's weights use).
 
 The network is torchvision's own module: `torchvision.models.get_model(NAME, weights=None)` at full width,
 then every conv, BN and linear that a channel group reaches is replaced by one of the widths `deps` gives
@@ -49,9 +50,18 @@ def _regnet_widths_on_cpu():
     regnet.BlockParams.from_init_params = classmethod(on_cpu)
 
 
+def parse(arch):
+    """'tv:resnet18' -> ('resnet18', None); 'tv:resnet18@64' -> ('resnet18', 64): the input size the data and the
+    FLOPs use (torchvision's nets pool adaptively, so any size from 32 runs; tests use small ones)."""
+    name, _, size = arch[len(PREFIX):].partition("@")
+    if size and not (size.isdigit() and int(size) >= 16):
+        raise ValueError(f"{arch}: the part after '@' is the input size in pixels, at least 16 (tv:resnet18@64)")
+    return name, int(size) if size else None
+
+
 def tv_name(arch):
-    """'tv:resnet18' -> 'resnet18'."""
-    return arch[len(PREFIX):]
+    """'tv:resnet18@64' -> 'resnet18'."""
+    return parse(arch)[0]
 
 
 def available():
@@ -145,6 +155,7 @@ def build(arch, deps, num_classes):
     from utils.pruning.channel_graph import arch_graph
 
     model = full_model(tv_name(arch), num_classes)
+    model.num_classes = num_classes
     if deps is None:
         model.deps = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
         return model

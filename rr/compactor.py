@@ -30,6 +30,11 @@ class Compactor(nn.Module):
     def forward(self, x):
         return self.pwc(x)
 
+    def after_bn(self, bn, inputs, output):
+        """Forward hook of a BN that is not in an nn.Sequential (a bound method, so a deep copy of the model
+        calls the copy's compactor)."""
+        return self.pwc(output)
+
     def row_norms(self):
         """||q_j||_2 of every row: the channel's importance."""
         return torch.linalg.vector_norm(self.pwc.weight.detach().float(), dim=(1, 2, 3))
@@ -69,27 +74,35 @@ class PrunedGroup:
         return (self.mask() == 0).nonzero().flatten().tolist()
 
 
+def compactor_path(bn):
+    """`X.compactor` for the BN `X.bn` of a conv unit (the original repo's name); any other BN `P.name` (torchvision's
+    `features.1.conv.0.1`, `layer1.0.bn1`) gets `P.name_compactor`, so two BNs of one parent never collide."""
+    parent, _, name = bn.rpartition(".")
+    if name == "bn":
+        return f"{parent}.compactor" if parent else "compactor"
+    return f"{bn}_compactor"
+
+
 def compactor_layout(graph, groups="internal"):
-    """The groups to prune (`--groups`: "all" or roles) and where each compactor lives, from the graph alone."""
+    """The groups to prune (`--groups`: "all" or roles) and where each compactor lives, from the graph alone. A
+    group with a producer without BN (a squeeze-excite's squeeze conv) has nowhere to fold a compactor and is left
+    out."""
     out = []
     for group in graph.select(groups):
-        paths = {}
-        for p in group.producers:
-            if p.bn is None:
-                raise ValueError(f"{p.conv} has no BatchNorm after it: a compactor goes after conv+BN")
-            parent, _, _ = p.bn.rpartition(".")
-            paths[p.conv] = f"{parent}.compactor" if parent else "compactor"
-        out.append(PrunedGroup(group, paths))
+        if any(p.bn is None for p in group.producers):
+            continue
+        out.append(PrunedGroup(group, {p.conv: compactor_path(p.bn) for p in group.producers}))
     if not out:
-        raise ValueError(f"--groups {groups}: the model has no such channel group to prune")
+        raise ValueError(f"--groups {groups}: the model has no such channel group with a conv+BN to prune")
     return out
 
 
 def insert_compactors(model, graph, groups="internal"):
     """Put an identity compactor right after the BN of every producer of the pruned groups (in place).
 
-    The BN must sit in an nn.Sequential (as `conv_bn` builds it); the compactor goes after it, so
-    a ReLU that follows in the same Sequential comes after the compactor. Returns the PrunedGroups.
+    In an nn.Sequential (as `conv_bn` and torchvision's Conv2dNormActivation build it) the compactor goes right
+    after the BN, so an activation that follows in the same Sequential comes after the compactor; elsewhere a
+    forward hook of the BN applies it (compactor_path). Returns the PrunedGroups.
     """
     pruned = compactor_layout(graph, groups)
     for pg in pruned:
@@ -97,18 +110,22 @@ def insert_compactors(model, graph, groups="internal"):
         for p in pg.group.producers:
             parent_path, _, bn_name = p.bn.rpartition(".")
             parent = model.get_submodule(parent_path)
-            if not isinstance(parent, nn.Sequential):
-                raise ValueError(f"{p.bn}: a compactor needs the BN inside an nn.Sequential (conv, bn, relu)")
-            if "compactor" in parent._modules:
-                raise ValueError(f"{parent_path} already has a compactor")
             bn = parent._modules[bn_name]
             comp = Compactor(bn.num_features).to(bn.weight.device, bn.weight.dtype)
+            name = pg.paths[p.conv].rpartition(".")[2]
+            if name in parent._modules:
+                raise ValueError(f"{pg.paths[p.conv]} exists already: the model has compactors")
+            if not isinstance(parent, nn.Sequential):
+                parent.add_module(name, comp)
+                bn.register_forward_hook(comp.after_bn)
+                pg.modules[p.conv] = comp
+                continue
             children = list(parent._modules.items())
             parent._modules = OrderedDict()
-            for name, m in children:
-                parent.add_module(name, m)
-                if name == bn_name:
-                    parent.add_module("compactor", comp)
+            for child, m in children:
+                parent.add_module(child, m)
+                if child == bn_name:
+                    parent.add_module(name, comp)
             pg.modules[p.conv] = comp
     return pruned
 

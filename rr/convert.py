@@ -12,7 +12,7 @@ import torch
 
 from utils.pruning.plan import Plan
 from utils.pruning.surgery import fold, narrow
-from utils.pruning.zeroing import zero_rows
+from utils.pruning.zeroing import follower_tensors, zero_rows
 
 SMALL_NORM = 1e-4  # a pruned row with a larger norm still changed the trained net's outputs
 
@@ -54,9 +54,14 @@ def convert_state(state, graph, groups):
 
 
 def zero_masked_rows(model, groups):
-    """A copy of the trained model with every masked compactor row set to zero: what conversion keeps."""
+    """A copy of the trained model with every masked compactor row set to zero, and the rows of those channels in
+    the group's followers (a depthwise conv after the compactor, its BN, a squeeze-excite gate): what conversion
+    keeps. The followers' rows are zeroed because a depthwise conv's BN turns the compactor's 0 into its bias,
+    which no narrow network can keep (docs/DEVIATIONS.md)."""
     twin = copy.deepcopy(model)
-    zero_rows(twin, {f"{path}.pwc.weight": pg.masked() for pg in groups for path in pg.paths.values()})
+    rows = {f"{path}.pwc.weight": pg.masked() for pg in groups for path in pg.paths.values()}
+    rows.update({name: pg.masked() for pg in groups for name in follower_tensors(pg.group)})
+    zero_rows(twin, rows)
     return twin
 
 

@@ -74,6 +74,15 @@ class Concat(nn.Module):
         return torch.cat([self.a(x), self.b(x)], 1)
 
 
+class ConcatThenBN(Concat):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.bn(super().forward(x))
+
+
 class Grouped(nn.Module):
     def __init__(self):
         super().__init__()
@@ -128,7 +137,7 @@ class LayerNormNet(nn.Module):
 
 
 @pytest.mark.parametrize("model,channels,message", [
-    (Concat(), 3, r"concatenation \(not followed yet\) call_function cat at node 'cat'"),
+    (ConcatThenBN(), 3, r"BatchNorm 'bn' must directly follow a conv at node 'bn'"),
     (Grouped(), 4, r"depthwise conv 'dw' \(groups=4\) must read a conv feature map at node 'dw' in module 'dw'"),
     (Sigmoid(), 4, r"Sigmoid 'act' outside a squeeze-excite gate reaches the output"),
     (AddImage(), 3, r"add 'add' must sum two conv feature maps"),

@@ -7,6 +7,13 @@ zeroes its masked compactor rows to make the reference its conversion must equal
 import torch
 
 
+def follower_tensors(group):
+    """Names of the followers' row tensors (depthwise and gate convs, their BN): a channel zeroed upstream stays
+    0 through a depthwise conv only if its BN rows are zeroed too (its BN would output its bias)."""
+    return [name for p in group.followers for name in (f"{p.conv}.weight", f"{p.conv}.bias") +
+            ((f"{p.bn}.weight", f"{p.bn}.bias") if p.bn else ())]
+
+
 def channel_tensors(group, bn=True):
     """Names of the tensors whose rows are the group's output channels: each producer's and follower's conv
     weight and bias, and (with `bn`) its BN weight and bias. A channel whose rows are all 0 outputs exactly 0

@@ -1,0 +1,234 @@
+"""torchvision's CNNs (`tv:NAME@SIZE`): the channel graph of each family, MACs against torch.utils.flop_counter,
+every kind of decision converted exactly, each method's entry script end to end, and the refusals.
+
+Small inputs (32 pixels; Inception-V3 needs 80) and random weights with non-trivial BN keep them fast; the
+networks torchvision builds slowly (hundreds of MB of random weights) are marked slow."""
+import copy
+import random
+from collections import Counter
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from base_model import build_model, default_deps, get_arch
+from helpers import SYNTHETIC, randomize_bn, script
+from rr.compactor import insert_compactors
+from rr.convert import convert_state, zero_masked_rows
+from utils.pruning.channel_graph import UnsupportedOpError, arch_graph
+from utils.pruning.flops import count, uniform_deps
+from utils.pruning.proof import max_logit_diff
+from utils.pruning.surgery import collapse, keep, merge, narrow
+from utils.pruning.zeroing import zero_channels
+from utils.registry import get_method, list_methods
+from utils.tools.store import model_from_hdf5, read_hdf5, save_hdf5
+from utils.training.method import budget_flags
+
+slow = pytest.mark.slow
+# one network per family (and the op it brings), at a small input
+NETS = [
+    "tv:resnet18@32",  # BN outside nn.Sequential (ResRep's hooked compactors)
+    pytest.param("tv:wide_resnet50_2@32", marks=slow),
+    pytest.param("tv:resnext50_32x4d@32", marks=slow),  # grouped convs
+    pytest.param("tv:vgg11_bn@32", marks=slow),  # a linear after flatten of a 7x7 map
+    "tv:mobilenet_v2@32",  # depthwise convs, ReLU6
+    "tv:mobilenet_v3_small@32",  # squeeze-excite with Hardsigmoid, Hardswish, a hidden linear
+    "tv:mnasnet0_5@32",  # a global mean
+    "tv:efficientnet_b0@32",  # SiLU, squeeze-excite with Sigmoid, stochastic depth
+    pytest.param("tv:efficientnet_v2_s@32", marks=slow),  # fused MBConv
+    "tv:regnet_y_400mf@32",  # grouped convs and squeeze-excite
+    pytest.param("tv:regnet_x_400mf@32", marks=slow),
+    "tv:googlenet@32",  # concatenation
+    pytest.param("tv:inception_v3@80", marks=slow),
+    "tv:squeezenet1_1@32",  # no BN: convs with bias
+]
+REFUSED = {
+    "tv:densenet121@32": r"BatchNorm 'features.denseblock1.denselayer1.norm1' must directly follow a conv",
+    "tv:shufflenet_v2_x0_5@32": r"unsupported op call_method size at node 'size' in module 'stage2.0'",
+    "tv:convnext_tiny@32": r"ConvNeXt normalises with LayerNorm2d \('features.0.1'\), not BatchNorm",
+    "tv:vit_b_16": r"VisionTransformer normalises with LayerNorm",
+}
+
+
+def size_of(arch):
+    return get_arch(arch).input_size
+
+
+def random_net(arch, deps=None, seed=0):
+    torch.manual_seed(seed)
+    return randomize_bn(build_model(arch, deps), size_of(arch), seed)
+
+
+def images(arch, n=4, seed=1):
+    s = size_of(arch)
+    return torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def logit_scale(model, x):
+    with torch.no_grad():
+        return model.eval()(x).abs().max().item()
+
+
+def assert_exact(a, b, x, what):
+    diff, scale = max_logit_diff(a, b, [x]), logit_scale(a, x)
+    assert diff < 1e-4 * scale, f"{what}: max logit difference {diff:.3g} at logit scale {scale:.3g}"
+
+
+def meta_macs(arch, deps=None):
+    """torch.utils.flop_counter's MACs of a forward pass (on the meta device: nothing computed)."""
+    with torch.device("meta"):
+        model = build_model(arch, deps).eval()
+        x = torch.empty(1, 3, size_of(arch), size_of(arch))
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("arch", NETS)
+def test_macs_are_the_flop_counters_at_full_and_half_width(arch):
+    graph = arch_graph(arch)
+    full = default_deps(arch)
+    half = uniform_deps(graph, full, "all", 0.5)
+    assert half != full
+    assert count(graph, full)[0] == meta_macs(arch)
+    assert count(graph, half)[0] == meta_macs(arch, half)
+
+
+def test_the_groups_of_each_family():
+    """What the graph finds: depthwise convs follow their group, gates are followers, grouped convs are kept."""
+    mv2 = arch_graph("tv:mobilenet_v2@32")
+    assert Counter(g.role for g in mv2.groups) == {"internal": 20, "residual": 5}
+    expand = mv2.group_of("features.2.conv.0.0")
+    assert [(p.conv, p.bn) for p in expand.followers] == [("features.2.conv.1.0", "features.2.conv.1.1")]
+    assert [c.module for c in expand.consumers] == ["features.2.conv.2"]
+    mv3 = arch_graph("tv:mobilenet_v3_small@32")
+    gated = mv3.group_of("features.4.block.0.0")
+    assert [p.conv for p in gated.followers] == ["features.4.block.1.0", "features.4.block.2.fc2"]
+    assert gated.role == "internal"  # the squeeze conv fc1 reads it but does not make it a fanout
+    assert [c.module for c in gated.consumers] == ["features.4.block.2.fc1", "features.4.block.3.0"]
+    assert mv3.group_of("features.4.block.2.fc1").role == "internal"  # the squeeze width, a group of its own
+    rx = arch_graph("tv:resnext50_32x4d@32")
+    assert Counter(g.role for g in rx.groups) == {"stem": 1, "grouped": 16, "residual": 4}
+    g = rx.group_of("layer1.0.conv1")
+    assert g.role == "grouped" and [p.conv for p in g.followers] == ["layer1.0.conv2"]
+    goog = arch_graph("tv:googlenet@32")
+    b1 = goog.group_of("inception3a.branch1.conv")
+    reader = next(c for c in b1.consumers if c.module == "inception3b.branch1.conv")
+    assert [gid for gid, _ in reader.parts] == [goog.group_of(f"inception3a.{b}.conv").id for b in
+                                                ("branch1", "branch2.1", "branch3.1", "branch4.1")]
+
+
+@pytest.mark.parametrize("arch,message", REFUSED.items())
+def test_what_the_graph_cannot_follow_is_refused_in_one_line(arch, message):
+    with pytest.raises(UnsupportedOpError, match=message) as e:
+        arch_graph(arch)
+    assert "\n" not in str(e.value)
+
+
+def prunable(graph):
+    return [g for g in graph.select("all")]
+
+
+def test_grouped_conv_groups_refuse_a_decision():
+    graph = arch_graph("tv:resnext50_32x4d@32")
+    g = graph.group_of("layer1.0.conv1")
+    state = {k: v for k, v in build_model("tv:resnext50_32x4d@32").state_dict().items()}
+    with pytest.raises(ValueError, match=r"read by a grouped conv \(layer1.0.conv2\); narrowing it is not supported"):
+        narrow(state, graph, {g.id: keep(range(g.width // 2))})
+
+
+@pytest.mark.parametrize("arch", NETS)
+def test_every_kind_of_decision_converts_exactly(arch):
+    """keep (L1, SFP, AOFP: against the net with the dropped channels zeroed in every row, followers too), merge
+    (C-SGD: against the net with every cluster averaged) and fold (ResRep: random compactors, half their rows
+    masked, against the net with those rows zeroed): the narrow torchvision module computes the same logits.
+    In float64, so that 50 layers of random BN and compactors do not turn float32 round-off into 1e-4 of the
+    logits (the fold measured 2e-4 in float32, 4e-13 in float64); a wrong row or column gives 1e-2 and more."""
+    model, graph, x = random_net(arch).double(), arch_graph(arch), images(arch).double()
+    rng = random.Random(0)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    groups = prunable(graph)
+    assert groups
+
+    kept = {g.id: sorted(rng.sample(range(g.width), max(1, g.width // 2))) for g in groups}
+    narrow_state, deps = narrow(state, graph, {gid: keep(k) for gid, k in kept.items()})
+    small = build_model(arch, deps).double()
+    small.load_state_dict(narrow_state)
+    zeroed = copy.deepcopy(model)
+    zero_channels(zeroed, graph, {gid: sorted(set(range(graph.groups[gid].width)) - set(k)) for gid, k in kept.items()})
+    assert_exact(zeroed, small, x, "keep")
+    assert count(graph, deps)[0] < count(graph, default_deps(arch))[0]
+
+    clusters = {}
+    for g in groups:
+        order, k = rng.sample(range(g.width), g.width), max(1, g.width // 3)
+        clusters[g.id] = merge([order[i::k] for i in range(k)])
+    averaged = copy.deepcopy(model)
+    averaged.load_state_dict(collapse(state, graph, clusters))
+    narrow_state, deps = narrow(state, graph, clusters)
+    merged = build_model(arch, deps).double()
+    merged.load_state_dict(narrow_state)
+    assert_exact(averaged, merged, x, "merge")
+
+    resrep = copy.deepcopy(model)
+    try:
+        pruned = insert_compactors(resrep, graph, "all")
+    except ValueError as e:  # a network without BN has nowhere to fold a compactor
+        assert "no such channel group with a conv+BN" in str(e) and not any(
+            isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        return
+    with torch.no_grad():
+        for pg in pruned:
+            masked = sorted(rng.sample(range(pg.group.width), pg.group.width // 2))
+            pg.set_masked(masked)
+            for comp in pg.compactors():
+                comp.pwc.weight.add_(torch.randn_like(comp.pwc.weight) * 0.1)
+    narrow_state, deps = convert_state(resrep.state_dict(), graph, pruned)
+    folded = build_model(arch, deps).double()
+    folded.load_state_dict(narrow_state)
+    assert_exact(zero_masked_rows(resrep, pruned), folded, x, "fold")
+
+
+# --- each method's entry script, end to end -------------------------------------------------------------------
+TARGETED = {"l1": ["--macs-target", "0.5"], "scratch": ["--macs-target", "0.5"]}
+SCRIPT_NETS = ["tv:mobilenet_v2@32", "tv:resnet18@32", pytest.param("tv:mobilenet_v3_small@32", marks=slow),
+               pytest.param("tv:efficientnet_b0@32", marks=slow), pytest.param("tv:mnasnet0_5@32", marks=slow),
+               pytest.param("tv:regnet_y_400mf@32", marks=slow), pytest.param("tv:googlenet@32", marks=slow)]
+
+
+@pytest.fixture(scope="module")
+def tv_bases(tmp_path_factory):
+    """arch -> an hdf5 base (random weights, non-trivial BN), made once per network."""
+    folder, made = tmp_path_factory.mktemp("tv_bases"), {}
+
+    def base(arch):
+        if arch not in made:
+            model = random_net(arch)
+            made[arch] = str(folder / f"{arch.replace(':', '_')}.hdf5")
+            save_hdf5(made[arch], model.state_dict(), deps=model.deps, arch=arch)
+        return made[arch]
+    return base
+
+
+@pytest.mark.parametrize("arch", SCRIPT_NETS)
+@pytest.mark.parametrize("name", [*list_methods(), "l1", "scratch"])
+def test_each_method_prunes_the_network_and_converts_exactly(name, arch, tv_bases, tmp_path):
+    method = get_method(name)
+    init = [] if name == "scratch" else ["--init", tv_bases(arch)]
+    out = tmp_path / name
+    flags = ["-a", arch, *init, *SYNTHETIC, *budget_flags(method, "smoke", "imagenet"), "--batch-size", "8",
+             *TARGETED.get(name, []), "-o", str(out)]
+    if name == "resrep":  # mask many channels at once, so groups with depthwise followers are pruned
+        flags += ["--begin-granularity", "100000"]
+    script(method).main(flags)
+    if name == "scratch":  # the narrow network trained from random weights: nothing converted
+        assert model_from_hdf5(out / "finish.hdf5")[2] != default_deps(arch)
+        return
+    converted, arch_read, deps = model_from_hdf5(out / "finish_converted.hdf5")
+    assert arch_read == arch and deps != default_deps(arch)
+    x = images(arch)
+    info = read_hdf5(out / "finish_converted.hdf5")[2]["conversion"]
+    assert info["max_logit_diff"] < 1e-4 * logit_scale(converted, x), info["max_logit_diff"]
+    if name in ("sfp", "aofp", "l1"):  # their trained file is the zeroed network itself
+        assert_exact(model_from_hdf5(out / "finish.hdf5")[0], converted, x, name)

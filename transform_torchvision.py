@@ -1,8 +1,10 @@
-"""torchvision's ImageNet ResNet weights in our names, as hdf5: the starting point of every sres run.
+"""torchvision's ImageNet weights as hdf5: ResNets in our names (the starting point of every sres run), and any
+torchvision CNN (`-a tv:NAME`) in torchvision's own names, with its deps.
 
     python transform_torchvision.py                     # resnet50, IMAGENET1K_V1 -> torchvision_res50.hdf5
     python transform_torchvision.py -a sres18           # -> torchvision_res18.hdf5
     python transform_torchvision.py --from resnet50-0676ba61.pth -o my_res50.hdf5   # offline
+    python transform_torchvision.py -a tv:mobilenet_v2 --from mobilenet_v2-b0353104.pth  # torchvision_mobilenet_v2.hdf5
 
 IMAGENET1K_V1 is the checkpoint the original repos used (`pretrained=True`, 76.13 % top-1); `--weights
 IMAGENET1K_V2` takes torchvision's newer recipe where one exists. After renaming, the file is loaded
@@ -46,32 +48,32 @@ def depth_of(arch):
 
     get_arch(arch)
     if not re.fullmatch(r"sres\d+", arch):
-        raise ValueError(f"-a {arch}: torchvision weights exist for the ImageNet ResNets only "
-                         "(sres18, sres34, sres50, sres101, sres152)")
+        raise ValueError(f"-a {arch}: torchvision weights in our names exist for the ImageNet ResNets only "
+                         "(sres18, sres34, sres50, sres101, sres152); any torchvision CNN imports as -a tv:NAME")
     return int(arch[4:])
 
 
-def weights_enum(depth, name):
+def weights_enum(model_name, name):
     import torchvision
 
-    enum = torchvision.models.get_model_weights(f"resnet{depth}")
+    enum = torchvision.models.get_model_weights(model_name)
     try:
         return enum[name]
     except KeyError:
-        raise ValueError(f"--weights {name}: resnet{depth} has {', '.join(w.name for w in enum)}") from None
+        raise ValueError(f"--weights {name}: {model_name} has {', '.join(w.name for w in enum)}") from None
 
 
 def fetch(url):
     return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, map_location="cpu")
 
 
-def download(depth, weights_name):
-    w = weights_enum(depth, weights_name)
+def download(model_name, weights_name):
+    w = weights_enum(model_name, weights_name)
     try:
         return fetch(w.url)
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         raise FileNotFoundError(
-            f"cannot download torchvision's resnet{depth} {w.name} weights ({type(e).__name__}: {e}). "
+            f"cannot download torchvision's {model_name} {w.name} weights ({type(e).__name__}: {e}). "
             f"This machine may be offline: fetch {w.url} elsewhere and pass it with --from FILE.pth") from None
 
 
@@ -101,18 +103,49 @@ def max_logit_diff(depth, tv_state, model):
         return (tv.eval()(x) - model.eval()(x)).abs().max().item()
 
 
+def import_torchvision_net(args):
+    """`-a tv:NAME`: torchvision's state dict as it is (its names are the model's), checked by loading it into
+    torchvision's own class and into ours (the same class, built from deps) and comparing their logits."""
+    import torchvision
+
+    from base_model import build_model, get_arch
+    from utils.pruning.torchvision_models import full_model, tv_name
+    from utils.tools.store import load_state, save_hdf5
+
+    name, spec = tv_name(args.arch), get_arch(args.arch)
+    tv_state = read_pth(args.source) if args.source else download(name, args.weights)
+    tv_state = {k.removeprefix("module."): v for k, v in tv_state.items()}
+    linears = [v for k, v in tv_state.items() if k.endswith(".weight") and v.dim() == 2]
+    num_classes = linears[-1].shape[0] if linears else spec.num_classes
+    source = args.source or f"torchvision {name} {args.weights}"
+    model = load_state(build_model(args.arch, num_classes=num_classes), tv_state, source=source)
+    theirs = full_model(name, num_classes)
+    theirs.load_state_dict(tv_state)
+    x = torch.randn(1, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (theirs.eval()(x) - model.eval()(x)).abs().max().item()
+    out = args.output or f"torchvision_{name}.hdf5"
+    save_hdf5(out, model.state_dict(), deps=model.deps, arch=args.arch, source=source,
+              torchvision=torchvision.__version__)
+    print(f"{args.arch}: {len(tv_state)} tensors, {len(model.deps)} convs; max |logit difference| against "
+          f"torchvision's {name} {diff:.3g} -> {out}")
+
+
 def main(argv=None):
     from base_model import build_model, default_deps
     from utils.tools.store import load_state, save_hdf5
 
     p = ArgumentParser(description=__doc__)
-    p.add_argument("-a", "--arch", default="sres50", help="sres18, sres34, sres50, sres101 or sres152")
+    p.add_argument("-a", "--arch", default="sres50", help="sres18, sres34, sres50, sres101, sres152, or tv:NAME "
+                                                          "(any torchvision CNN with BatchNorm, its own names)")
     p.add_argument("--from", dest="source", help="a torchvision .pth state dict instead of downloading")
     p.add_argument("--weights", default="IMAGENET1K_V1", help="which torchvision weights to download")
-    p.add_argument("-o", "--output", help="default: torchvision_res{depth}.hdf5")
+    p.add_argument("-o", "--output", help="default: torchvision_res{depth}.hdf5 (tv:NAME: torchvision_NAME.hdf5)")
     args = p.parse_args(argv)
+    if args.arch.startswith("tv:"):
+        return import_torchvision_net(args)
     depth = depth_of(args.arch)
-    tv_state = read_pth(args.source) if args.source else download(depth, args.weights)
+    tv_state = read_pth(args.source) if args.source else download(f"resnet{depth}", args.weights)
     tv_state = {k.removeprefix("module."): v for k, v in tv_state.items()}
     state = convert_state(tv_state)
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1000

@@ -87,7 +87,8 @@ class AOFPSearch(Hook):
                     bn = next((p.bn for p in out.producers if p.conv == consumer.module), None)
                     own = by_group.get(out.id)
                 post = (bn or consumer.module) in relu_after
-                probes.append(LayerProbe(model, layer, consumer, bn, post, own, self.settings["bn_mode"]))
+                offset = consumer.offset(lambda gid: self.graph.groups[gid].width)
+                probes.append(LayerProbe(model, layer, consumer, bn, post, own, self.settings["bn_mode"], offset))
             self._probes_of.append(probes)
             self.probes += probes
         return self

@@ -47,13 +47,14 @@ def followed_by_relu(model):
 class LayerProbe:
     """The base-mask gate and the damage probe of one searched layer at one of its scorers, as hooks on it."""
 
-    def __init__(self, model, layer, consumer, scorer_bn, post_relu, scorer_layer=None, bn_mode="own"):
+    def __init__(self, model, layer, consumer, scorer_bn, post_relu, scorer_layer=None, bn_mode="own", offset=0):
         if bn_mode not in BN_MODES:
             raise ValueError(f"unknown BN mode {bn_mode!r}: choose one of {', '.join(BN_MODES)}")
         self.layer, self.kind, self.block, self.scorer_name = layer, consumer.kind, consumer.block, consumer.module
         self.scorer = model.get_submodule(consumer.module)
         self.bn = None if scorer_bn is None else model.get_submodule(scorer_bn)
         self.post_relu, self.scorer_layer, self.bn_mode = post_relu, scorer_layer, bn_mode
+        self.offset = offset  # where the layer's channels start in the scorer's input (a concatenation's part)
         self.drawn = None  # float mask of the filters ablated this step (1 = masked); None = not measuring
         self.t = None
         self._x = None
@@ -66,16 +67,21 @@ class LayerProbe:
         for h in self.handles:
             h.remove()
 
-    def _channels(self, mask, dtype):
-        """A per-channel mask shaped for the scorer's input."""
+    def _channels(self, mask, dtype, x, fill):
+        """A per-channel mask shaped for the scorer's input `x`; the channels of other parts of a concatenation
+        get `fill`."""
         mask = mask.to(dtype)
+        total = x.shape[1] // (1 if self.kind == "conv" else self.block)
+        if total != mask.numel():
+            mask = torch.cat([mask.new_full((self.offset,), fill), mask,
+                              mask.new_full((total - self.offset - mask.numel(),), fill)])
         if self.kind == "conv":
             return mask.view(1, -1, 1, 1)
         return mask.repeat_interleave(self.block).view(1, -1)
 
     def _gate(self, module, args):
         if self.layer.alive < self.layer.width:
-            return (args[0] * self._channels(self.layer.gate, args[0].dtype), *args[1:])
+            return (args[0] * self._channels(self.layer.gate, args[0].dtype, args[0], 1.0), *args[1:])
 
     def _seen(self, module, args, output):
         if self.drawn is None:
@@ -96,7 +102,7 @@ class LayerProbe:
         """t from the scorer's input x and its pre-BN output y (run right away: later ops work in place)."""
         with torch.autocast(x.device.type, enabled=False):
             x, y = x.float(), y.float()
-            removed = x * self._channels(self.drawn, x.dtype)
+            removed = x * self._channels(self.drawn, x.dtype, x, 0.0)
             w = self.scorer.weight.float()
             if self.kind == "conv":
                 s = self.scorer

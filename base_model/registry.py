@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 from typing import Callable
 
-from . import cifar_resnet, imagenet_resnet, torchvision_models as tv, vgg
+from . import cifar_resnet, imagenet_resnet, vgg
 
 
 @dataclass(frozen=True)
@@ -36,27 +36,20 @@ ARCHS = {spec.name: spec for spec in (
 )}
 
 
-def _torchvision(arch):
-    """The spec of `tv:NAME`, made on first use (its default deps come from a meta-device build)."""
-    import torch
-
-    name, size = tv.parse(arch)
-    cifar = name in tv.CIFAR_VARIANTS
-    num_classes = 10 if cifar else 1000
-    with torch.device("meta"):
-        full = tv.full_model(name, num_classes)
-    deps, names = [m.out_channels for m in full.modules() if isinstance(m, torch.nn.Conv2d)], tv.conv_names(full)
-    return ArchSpec(arch, lambda d, nc: tv.build(arch, d, nc), lambda: list(deps), lambda: list(names),
-                    "cifar10" if cifar else "imagenet", num_classes,
-                    size or (32 if cifar else tv.INPUT_SIZE.get(name, 224)))
+# Arch families resolved by name on first use, registered by the layers above (torchvision's CNNs, "tv:NAME", by
+# utils/pruning/torchvision_models.py: their widths come from the channel graph): prefix -> fn(arch) -> ArchSpec.
+RESOLVERS = {}
 
 
 def get_arch(arch):
-    if arch not in ARCHS and isinstance(arch, str) and arch.startswith(tv.PREFIX):
-        ARCHS[arch] = _torchvision(arch)
+    prefix = arch.partition(":")[0] + ":" if isinstance(arch, str) and ":" in arch else None
+    if arch not in ARCHS and prefix in RESOLVERS:
+        ARCHS[arch] = RESOLVERS[prefix](arch)
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(a for a in ARCHS if ':' not in a)}, "
-                         f"or tv:NAME[@SIZE] for a torchvision CNN (tv:resnet18, tv:mobilenet_v2_cifar, tv:efficientnet_b0@64, ...)")
+        hint = " (tv: archs come with the pruning core: import utils.pruning first)" if prefix == "tv:" else ""
+        raise ValueError(f"unknown arch {arch!r}{hint}; choose one of: {', '.join(a for a in ARCHS if ':' not in a)}, "
+                         f"or tv:NAME[@SIZE] for a torchvision CNN (tv:resnet18, tv:mobilenet_v2_cifar, "
+                         f"tv:efficientnet_b0@64, ...)")
     return ARCHS[arch]
 
 

@@ -33,8 +33,7 @@ IMAGENET_RESNET = Schedule(tuple(Fraction(r) for r in ("0.7", "0.6", "0.5", "0.4
 
 
 def default_schedule(arch):
-    get_arch(arch)
-    if arch.startswith("sres"):
+    if arch.startswith("sres") or get_arch(arch).dataset == "imagenet":  # torchvision's ImageNet nets too
         return IMAGENET_RESNET
     if arch == "vc":
         return Schedule(CIFAR_RESNET.ratios, "internal", "floor")

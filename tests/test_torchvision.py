@@ -217,18 +217,24 @@ def test_each_method_prunes_the_network_and_converts_exactly(name, arch, tv_base
     method = get_method(name)
     init = [] if name == "scratch" else ["--init", tv_bases(arch)]
     out = tmp_path / name
-    flags = ["-a", arch, *init, *SYNTHETIC, *budget_flags(method, "smoke", "imagenet"), "--batch-size", "8",
+    flags = ["-a", arch, *init, *SYNTHETIC, *budget_flags(method, "smoke", "imagenet"), "--batch-size", "8", "--lr", "0.01",
              *TARGETED.get(name, []), "-o", str(out)]
     if name == "resrep":  # mask many channels at once, so groups with depthwise followers are pruned
         flags += ["--begin-granularity", "100000"]
+        if "regnet" in arch:  # its internal groups are grouped or squeeze widths (no BN to fold into)
+            flags += ["--groups", "residual"]
     script(method).main(flags)
     if name == "scratch":  # the narrow network trained from random weights: nothing converted
         assert model_from_hdf5(out / "finish.hdf5")[2] != default_deps(arch)
         return
     converted, arch_read, deps = model_from_hdf5(out / "finish_converted.hdf5")
     assert arch_read == arch and deps != default_deps(arch)
+    # The run's own proof, in float32 as the product gives it: up to 70 layers of random BN (logits in the hundreds)
+    # grow round-off to 1.5e-4 of the logit scale (C-SGD on RegNetY), so 1e-3 here; the float64 test above holds
+    # every decision to 1e-4 and finds a wrong row or column at 1e-2 and more.
     x = images(arch)
     info = read_hdf5(out / "finish_converted.hdf5")[2]["conversion"]
-    assert info["max_logit_diff"] < 1e-4 * logit_scale(converted, x), info["max_logit_diff"]
+    assert info["max_logit_diff"] < 1e-3 * logit_scale(converted, x), info["max_logit_diff"]
     if name in ("sfp", "aofp", "l1"):  # their trained file is the zeroed network itself
-        assert_exact(model_from_hdf5(out / "finish.hdf5")[0], converted, x, name)
+        diff = max_logit_diff(model_from_hdf5(out / "finish.hdf5")[0], converted, [x])
+        assert diff < 1e-3 * logit_scale(converted, x), diff

@@ -74,3 +74,25 @@ def test_wrong_depth_file_is_refused(tmp_path, capsys):
     torch.save(torchvision.models.resnet18().state_dict(), src)
     assert exit_code(tt.main, ["-a", "sres34", "--from", str(src), "-o", str(tmp_path / "o.hdf5")]) == 2
     assert "missing from the file: stage1.block2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", "googlenet"])
+def test_any_torchvision_cnn_imports_in_its_own_names(name, tmp_path, capsys):
+    """-a tv:NAME: the state dict as torchvision names it, deps beside it; the file rebuilds the network, whose
+    logits are torchvision's on the same weights."""
+    from utils.tools.store import model_from_hdf5
+
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    tv = randomize_bn(torchvision.models.get_model(name, **kwargs), 64)
+    src, out = tmp_path / f"{name}.pth", tmp_path / f"{name}.hdf5"
+    torch.save(tv.state_dict(), src)
+    assert exit_code(tt.main, ["-a", f"tv:{name}", "--from", str(src), "-o", str(out)]) == 0
+    assert f"max |logit difference| against torchvision's {name} 0 ->" in capsys.readouterr().out
+    model, arch, deps = model_from_hdf5(out)
+    assert arch == f"tv:{name}" and deps == [m.out_channels for m in tv.modules() if isinstance(m, torch.nn.Conv2d)]
+    with h5py.File(out) as f:
+        assert f["deps"].dtype.kind == "i" and all("+" in k or k == "deps" for k in f)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(tv.eval()(x), model.eval()(x))

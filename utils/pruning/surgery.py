@@ -119,7 +119,8 @@ def _fold_compactor(state, producer, q):
     q = q.double().reshape(q.shape[0], q.shape[1])
     dtype = state[f"{producer.conv}.weight"].dtype
     state[f"{producer.conv}.weight"] = (q @ k.reshape(k.shape[0], -1)).reshape(k.shape).to(dtype)
-    state.pop(f"{producer.conv}.bias", None)
+    if f"{producer.conv}.bias" in state:  # a conv with a bias (torchvision's VGG) keeps one: now folded into the BN
+        state[f"{producer.conv}.bias"] = torch.zeros(q.shape[0], dtype=dtype)
     # An identity-like BN carries the folded bias, so the narrow net keeps the base conv+BN form.
     n = q.shape[0]
     state[f"{producer.bn}.weight"] = torch.ones(n, dtype=dtype)

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import torch
 
+import utils.pruning  # noqa: F401  (registers the tv: archs a file may name)
 from utils.atomic import atomic_write
 
 DEPS_KEY = "deps"

@@ -26,6 +26,7 @@ import io
 import os
 import socket
 import tarfile
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -67,11 +68,16 @@ def make_loaders(dataset, data_root=None, batch_size=64, device="cpu", rank=0, w
     `data_root` defaults to cifar10_data / imagenet_data and is ignored by cifar10-mini and synthetic.
     `download`: fetch the official CIFAR-10 release with torchvision when the root is absent or empty.
     """
-    if dataset not in DATASETS:
+    custom = dataset.startswith("custom:")
+    if dataset not in DATASETS and not custom:
         raise ValueError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
     if batch_size <= 0 or batch_size % world_size:
         raise ValueError(f"batch size {batch_size} must be a positive multiple of the number of processes "
                          f"({world_size}): it is the global batch, split evenly over them")
+    if custom:  # your own tensors (utils/custom.py)
+        if dataset not in CUSTOM:
+            raise ValueError(f"--data {dataset}: register it first (utils.custom.register)")
+        return CUSTOM[dataset].loaders(batch_size, rank, world_size, seed, device)
     device, per_rank = torch.device(device), batch_size // world_size
     common = dict(batch_size=per_rank, rank=rank, world_size=world_size, seed=seed, device=device)
     if dataset == "imagenet":
@@ -94,6 +100,31 @@ def make_loaders(dataset, data_root=None, batch_size=64, device="cpu", rank=0, w
     _check_classes(dataset, len(classes), num_classes)
     return (TensorLoader(tx, ty, len(classes), train=True, **common),
             TensorLoader(vx, vy, len(classes), train=False, **{**common, "batch_size": max(per_rank, EVAL_BATCH)}))
+
+
+@dataclass
+class CustomData:
+    """Your own tensors as a data set (`--data custom:NAME`, registered by utils/custom.py): images as the model
+    takes them, (N, C, H, W) floats, labels int64; training crops and flips them as CIFAR unless `augment` is off."""
+    train: tuple  # (images, labels)
+    val: tuple
+    num_classes: int
+    augment: bool
+
+    def loaders(self, batch_size, rank, world_size, seed, device):
+        common = dict(rank=rank, world_size=world_size, seed=seed, device=torch.device(device))
+        per_rank = batch_size // world_size
+        return (TensorLoader(*self.train, self.num_classes, per_rank, train=True, augment=self.augment,
+                             prepare=_as_float, **common),
+                TensorLoader(*self.val, self.num_classes, max(per_rank, EVAL_BATCH), train=False, augment=False,
+                             prepare=_as_float, **common))
+
+
+def _as_float(x):
+    return x.float()
+
+
+CUSTOM = {}  # "custom:NAME" -> CustomData
 
 
 def _check_classes(dataset, found, num_classes):

@@ -16,7 +16,8 @@ import functools
 import torch
 from torch import nn
 
-from .layers import DepsError
+from base_model import registry
+from base_model.layers import DepsError
 
 PREFIX = "tv:"
 # torchvision constructors that need arguments to give one eval-mode output (no auxiliary heads)
@@ -152,7 +153,7 @@ def resize(model, graph, deps, arch):
 
 def build(arch, deps, num_classes):
     """`tv:NAME` with conv widths `deps` (None: torchvision's)."""
-    from utils.pruning.channel_graph import arch_graph
+    from .channel_graph import arch_graph
 
     model = full_model(tv_name(arch), num_classes)
     model.num_classes = num_classes
@@ -160,3 +161,19 @@ def build(arch, deps, num_classes):
         model.deps = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
         return model
     return resize(model, arch_graph(arch, num_classes), list(deps), arch)
+
+
+def spec(arch):
+    """The ArchSpec of `tv:NAME[@SIZE]` (its default deps come from a meta-device build)."""
+    name, size = parse(arch)
+    cifar = name in CIFAR_VARIANTS
+    num_classes = 10 if cifar else 1000
+    with torch.device("meta"):
+        full = full_model(name, num_classes)
+    deps, names = [m.out_channels for m in full.modules() if isinstance(m, nn.Conv2d)], conv_names(full)
+    return registry.ArchSpec(arch, lambda d, nc: build(arch, d, nc), lambda: list(deps), lambda: list(names),
+                             "cifar10" if cifar else "imagenet", num_classes,
+                             size or (32 if cifar else INPUT_SIZE.get(name, 224)))
+
+
+registry.RESOLVERS[PREFIX] = spec

@@ -217,8 +217,8 @@ def test_each_method_prunes_the_network_and_converts_exactly(name, arch, tv_base
     method = get_method(name)
     init = [] if name == "scratch" else ["--init", tv_bases(arch)]
     out = tmp_path / name
-    flags = ["-a", arch, *init, *SYNTHETIC, *budget_flags(method, "smoke", "imagenet"), "--batch-size", "8", "--lr", "0.01",
-             *TARGETED.get(name, []), "-o", str(out)]
+    flags = ["-a", arch, *init, *SYNTHETIC, *budget_flags(method, "smoke", "imagenet"), "--batch-size", "8",
+             "--lr", "0.01", *TARGETED.get(name, []), "-o", str(out)]
     if name == "resrep":  # mask many channels at once, so groups with depthwise followers are pruned
         flags += ["--begin-granularity", "100000"]
         if "regnet" in arch:  # its internal groups are grouped or squeeze widths (no BN to fold into)

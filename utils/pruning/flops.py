@@ -1,8 +1,9 @@
 """MACs (what the papers call FLOPs) and parameter counts, for any arch and deps, from the channel graph.
 
-A conv costs Cin/groups*Cout*kh*kw*Hout*Wout MACs (a depthwise conv Cout*kh*kw*Hout*Wout) and a linear In*Out; BN, ReLU, pooling, adds and biases
-cost nothing, as in the papers. Both counts are bilinear in the group widths, so the cost of any
-width vector is a sum over the graph's layers, and the change from one channel is cheap.
+A conv costs Cin/groups*Cout*kh*kw*Hout*Wout MACs (a depthwise conv Cout*kh*kw*Hout*Wout) and a linear
+In*Out; BN, activations, pooling, adds and biases cost nothing, as in the papers. Both counts are bilinear in
+the group widths, so the cost of any width vector is a sum over the graph's layers, and the change from one
+channel is cheap.
 
 Unlike the original ResNet-56 script, which counts the two 1x1 projections as 2x2 kernels
 (126,534,272 base MACs), we count them as 1x1: 125,747,840.

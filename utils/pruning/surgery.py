@@ -97,7 +97,8 @@ def _mix_consumer(state, graph, group, consumer, s):
     w = state[f"{consumer.module}.weight"]
     if not consumer.parts:
         return _mix_inputs(s, w, consumer.block)
-    start = consumer.block * consumer.offset(lambda gid: state[f"{graph.groups[gid].producers[0].conv}.weight"].shape[0])
+    width_now = lambda gid: state[f"{graph.groups[gid].producers[0].conv}.weight"].shape[0]  # noqa: E731
+    start = consumer.block * consumer.offset(width_now)
     end = start + consumer.block * group.width
     return torch.cat([w[:, :start], _mix_inputs(s, w[:, start:end], consumer.block), w[:, end:]], 1)
 

@@ -40,7 +40,7 @@ import torch
 from base_model import get_arch
 from baselines.plain import BASE, shipped_base
 from utils.atomic import write_json, write_text
-from utils.command import ArgumentParser, NotFinished, run_main
+from utils.command import ArgumentParser, NotFinished, arch_folder, run_main
 from utils.registry import REGISTRY, headlines, list_methods
 from utils.tools.compare import EXACT_TOL, aggregate, report_markdown, verdicts
 from utils.tools.plots import plot_accuracy, plot_speedup
@@ -164,7 +164,7 @@ def parse(argv=None):
         raise ValueError("--methods and --baselines name nothing to run")
     args.extra = parse_extra(args.extra)
     suffix = "" if args.budget == default_budget else f"_{args.budget}"
-    args.output = args.output or os.path.join("compare_models", f"{args.arch}_{args.data}{suffix}")
+    args.output = args.output or os.path.join("compare_models", f"{arch_folder(args.arch)}_{args.data}{suffix}")
     if args.init and not os.path.isfile(args.init):
         raise FileNotFoundError(f"--init {args.init}: no such file")
     return args

@@ -19,6 +19,7 @@ from aofp.probe import BN_MODES
 from utils.training import skeleton
 from utils.training.cli import check_values, finite
 from utils.training.method import Headline, Method, Setup, quarter_flags
+from utils.command import arch_folder
 
 # The original recipes (specs/aofp_sfp.md A3, A4). Search: SGD momentum 0.9, wd 1e-4 (none on BN and
 # biases, biases at 2x lr), lr 1e-3 held constant, batch 64; at most 600 epochs, but the run stops as
@@ -102,7 +103,7 @@ def finetune(run):
 
 AOFP = Method(
     "aofp", "AOFP", "aofp/do_aofp.py", __doc__, {"cifar10": SEARCH, "imagenet": SEARCH},
-    output=lambda args: f"aofp_models/{args.arch}_train",
+    output=lambda args: f"aofp_models/{arch_folder(args.arch)}_train",
     flags=flags, validate=validate, prepare=prepare, decide=plan, finetune=finetune, init_aliases=("--base",),
     phases=lambda args, cfg: [(cfg.epochs, cfg.batch_size), (args.ft_epochs, args.ft_batch_size)],
     quarter=lambda recipe: [*quarter_flags(recipe), "--ft-epochs", str(FINETUNE["epochs"] // 4)],

@@ -13,6 +13,7 @@ from baselines.plain import BASE_BUDGETS, RECIPES, TUNE
 from utils.pruning.channel_graph import arch_graph
 from utils.pruning.flops import uniform_deps
 from utils.training.method import Method, no_start
+from utils.command import arch_folder
 
 
 def validate(args):
@@ -30,7 +31,7 @@ def base_plus_a_method(base, method):
 
 SCRATCH = Method(
     "scratch", "from scratch", "baselines/scratch.py", __doc__, RECIPES,
-    output=lambda args: f"scratch_models/{args.arch}_train",
+    output=lambda args: f"scratch_models/{arch_folder(args.arch)}_train",
     flags=lambda p: add_ratio_flags(p, "the narrow architecture"), validate=validate, start=no_start,
     init_help="not used: the network starts from random initialisation",
     baseline=True, from_base=False, converts=False, final="finish.hdf5", done="finish.hdf5",

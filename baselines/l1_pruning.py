@@ -23,6 +23,7 @@ from utils.pruning.zeroing import zero_channels
 from utils.training import skeleton
 from utils.training.cli import fraction
 from utils.training.method import Method
+from utils.command import arch_folder
 
 # Li et al.'s retraining on CIFAR-10: 40 epochs at a constant lr of 0.001 (their base recipe's SGD
 # momentum 0.9, weight decay 1e-4, batch 128); ImageNet: 20 epochs at 0.001.
@@ -86,7 +87,7 @@ def finetune(run):
 
 L1 = Method(
     "l1", "L1 + fine-tune", "baselines/l1.py", __doc__, RECIPES,
-    output=lambda args: f"l1_models/{args.arch}_train",
+    output=lambda args: f"l1_models/{arch_folder(args.arch)}_train",
     flags=lambda p: add_ratio_flags(p, "L1 pruning"), validate=solve_ratio, decide=decide, finetune=finetune,
     fit=False, baseline=True, budgets=TUNE, solve=solve,
     note=lambda conversion, ratio: (

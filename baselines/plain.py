@@ -8,6 +8,7 @@ command resumes. In the comparison it is also the baseline `base+`: the base tra
 import os
 
 from utils.training.method import Method, optional_start
+from utils.command import arch_folder
 
 # The original repos' recipes (specs/resrep.md section 5). ImageNet bases are not trained there
 # (torchvision weights are imported instead); we use torchvision's reference recipe.
@@ -51,7 +52,7 @@ def flags(p):
 
 BASE = Method(  # no label: its run prints "src20 on cifar10: top1 ..."
     "base", "", "train_base_model.py", __doc__, RECIPES,
-    output=lambda args: f"{args.arch}_train",
+    output=lambda args: f"{arch_folder(args.arch)}_train",
     flags=flags, start=optional_start, init_help="hdf5 weights to start from (default: random initialisation)",
     budgets=BASE_BUDGETS, per_target=False, groups=False, converts=False, final="finish.hdf5", done="finish.hdf5",
 )

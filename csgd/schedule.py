@@ -17,6 +17,7 @@ from utils.pruning.flops import align
 from utils.training.cli import base_weights
 from utils.training.method import optional_start
 from utils.training.skeleton import converted_file
+from utils.command import arch_folder
 
 ROUNDINGS = ("floor", "ceil")
 
@@ -81,7 +82,7 @@ def group_targets(graph, current, target):
 
 # --- the chain of iterations ------------------------------------------------------------------------
 def itr_dir(models_dir, arch, k):
-    return os.path.join(models_dir, f"{arch}_train", f"itr{k}")
+    return os.path.join(models_dir, f"{arch_folder(arch)}_train", f"itr{k}")
 
 
 def iteration_start(args):

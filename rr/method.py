@@ -23,6 +23,7 @@ from rr.resrep import ResRepConfig, ResRepHook, check_config
 from utils.training import skeleton
 from utils.training.cli import finite
 from utils.training.method import Headline, Method, Setup
+from utils.command import arch_folder
 
 # The original recipes (specs/resrep.md 2.4): SGD momentum 0.9 (compactors 0.99, no weight decay),
 # weight decay 1e-4, cosine to 0 over the whole run, evaluation every 2 epochs and each of the last 10.
@@ -98,7 +99,7 @@ def latency_note(latency):
 
 RESREP = Method(
     "resrep", "ResRep", "rr/exp_resrep.py", __doc__, RECIPES,
-    output=lambda args: f"resrep_models/{args.arch}_train",
+    output=lambda args: f"resrep_models/{arch_folder(args.arch)}_train",
     flags=flags, validate=validate, prepare=prepare,
     decide=lambda run: with_latency(run, decide(run.trainer.model, run.setup.hook.groups)),
     latency_target=True,

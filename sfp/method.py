@@ -18,6 +18,7 @@ from utils.pruning.flops import closest_to_target, count
 from utils.training import skeleton
 from utils.training.cli import finite
 from utils.training.method import Headline, Method, Setup, optional_start
+from utils.command import arch_folder
 
 # he-y/soft-filter-pruning's recipes (specs/aofp_sfp.md B1, B2). Its weight decay covers every parameter,
 # BN included, and biases get no larger lr. CIFAR: 0.01 for the first epoch, then 0.1, x0.2 at 60/120/160.
@@ -114,7 +115,7 @@ def plan(run):
 
 SFP = Method(
     "sfp", "SFP", "sfp/do_sfp.py", __doc__, RECIPES,
-    output=lambda args: f"sfp_models/{args.arch}_train",
+    output=lambda args: f"sfp_models/{arch_folder(args.arch)}_train",
     flags=flags, validate=validate, start=optional_start, prepare=prepare, decide=plan,
     init_help="hdf5 weights to start from (default: from scratch, as the paper)",
     solve=lambda arch, target, groups, round_to: rate_for(arch, target, groups, round_to)[0],

@@ -54,3 +54,8 @@ def run_main(main, *args):
         print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
         code = 130
     sys.exit(code or 0)
+
+
+def arch_folder(arch):
+    """An arch name as part of a folder name: "tv:resnet18" -> "tv_resnet18" (a colon is not allowed on Windows)."""
+    return arch.replace(":", "_")

@@ -5,6 +5,7 @@ from fractions import Fraction
 
 from .dist import add_launcher_args
 from .engine import TrainConfig
+from utils.command import arch_folder
 
 
 def add_train_args(p):
@@ -120,7 +121,7 @@ def base_weights(arch):
     if arch.startswith("sres"):
         depth = arch[len("sres"):]
         return f"torchvision_res{depth}.hdf5", "python transform_torchvision.py" + ("" if depth == "50" else f" -a {arch}")
-    return f"{arch}_train/finish.hdf5", f"python train_base_model.py -a {arch}"
+    return f"{arch_folder(arch)}_train/finish.hdf5", f"python train_base_model.py -a {arch}"
 
 
 def train_config(args, recipe, **extra):

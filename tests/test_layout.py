@@ -29,7 +29,8 @@ COMMANDS = METHOD_SCRIPTS + [
     "compare_methods.py", "display_hdf5.py", "transform_torchvision.py", "benchmarks/bench_precision.py",
     "benchmarks/aofp_damage.py", "benchmarks/gpu_check.py", "benchmarks/bench_speedup.py",
     "benchmarks/bench_latency.py",
-    "benchmarks/bench_train.py", "benchmarks/bench_resrep.py", "benchmarks/bench_csgd.py"]
+    "benchmarks/bench_train.py", "benchmarks/bench_resrep.py", "benchmarks/bench_csgd.py",
+    "benchmarks/bench_torchvision.py"]
 
 
 def module_name(path):

@@ -238,3 +238,28 @@ def test_each_method_prunes_the_network_and_converts_exactly(name, arch, tv_base
     if name in ("sfp", "aofp", "l1"):  # their trained file is the zeroed network itself
         diff = max_logit_diff(model_from_hdf5(out / "finish.hdf5")[0], converted, [x])
         assert diff < 1e-3 * logit_scale(converted, x), diff
+
+
+# --- the generated table of docs/TORCHVISION.md ---------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnext50_32x4d", "densenet121", "squeezenet1_1", "regnet_y_400mf"])
+def test_the_docs_table_is_what_the_generator_gives(name):
+    """A row of docs/TORCHVISION.md that the code no longer gives (the table was not regenerated) fails here."""
+    import os
+
+    from utils.torchvision_support import row, table_methods
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "TORCHVISION.md")).read()
+    line = "| " + " | ".join(row(name, table_methods())) + " |"
+    assert line in doc, line
+
+
+def test_the_generator_says_which_method_runs_and_why_not():
+    from utils.torchvision_support import row, table_methods
+
+    methods = table_methods()
+    assert row("mobilenet_v2", methods)[4:] == ["yes"] * len(methods)
+    resnext = dict(zip(methods, row("resnext50_32x4d", methods)[4:]))
+    assert resnext["resrep"] == "with `--groups all`" and resnext["sfp"] == "yes"
+    refused = row("densenet121", methods)
+    assert refused[1] == "refused" and "must directly follow a conv" in refused[3]
+    assert dict(zip(methods, row("squeezenet1_1", methods)[4:]))["resrep"] == "no group to prune"

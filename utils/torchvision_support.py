@@ -29,19 +29,25 @@ def default_groups(name, arch):
     return default_schedule(arch).groups
 
 
-def method_cell(name, arch, graph):
-    """'yes' or why not."""
+def finds_groups(name, graph, groups):
+    """Whether method `name` has a group to prune among `groups` (ResRep: one whose convs have a BN)."""
     from rr.compactor import compactor_layout
 
-    groups = default_groups(name, arch)
     if not graph.select(groups):
-        return f"no {groups} group"
+        return False
     if name == "resrep":
         try:
             compactor_layout(graph, groups)
         except ValueError:
-            return "no conv+BN group"
-    return "yes"
+            return False
+    return True
+
+
+def method_cell(name, arch, graph):
+    """'yes' (at the method's default --groups), 'with --groups all', or 'no'."""
+    if finds_groups(name, graph, default_groups(name, arch)):
+        return "yes"
+    return "with `--groups all`" if finds_groups(name, graph, "all") else "no group to prune"
 
 
 def row(model_name, methods):
@@ -62,11 +68,17 @@ def row(model_name, methods):
             *[method_cell(m, arch, graph) for m in methods]]
 
 
-def table():
-    from utils.pruning.torchvision_models import available
+def table_methods():
+    """The table's method columns: the registered methods, then L1 and scratch."""
     from utils.registry import list_methods
 
-    methods = [*list_methods(), "l1", "scratch"]
+    return [*list_methods(), "l1", "scratch"]
+
+
+def table():
+    from utils.pruning.torchvision_models import available
+
+    methods = table_methods()
     lines = ["| model | convs | MACs | channel groups (or why refused) | " + " | ".join(methods) + " |",
              "|---|---|---|---|" + "---|" * len(methods)]
     for name in available():

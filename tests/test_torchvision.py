@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from base_model import build_model, default_deps, get_arch
 from helpers import SYNTHETIC, randomize_bn, script
-from rr.compactor import insert_compactors
+from rr.compactor import insert_compactors, resrep_model
 from rr.convert import convert_state, zero_masked_rows
 from utils.pruning.channel_graph import UnsupportedOpError, arch_graph
 from utils.pruning.flops import count, uniform_deps
@@ -23,6 +23,7 @@ from utils.pruning.surgery import collapse, keep, merge, narrow
 from utils.pruning.zeroing import zero_channels
 from utils.registry import get_method, list_methods
 from utils.tools.store import model_from_hdf5, read_hdf5, save_hdf5
+from utils.training.data import make_loaders
 from utils.training.method import budget_flags
 
 slow = pytest.mark.slow
@@ -214,30 +215,55 @@ def tv_bases(tmp_path_factory):
 @pytest.mark.parametrize("arch", SCRIPT_NETS)
 @pytest.mark.parametrize("name", [*list_methods(), "l1", "scratch"])
 def test_each_method_prunes_the_network_and_converts_exactly(name, arch, tv_bases, tmp_path):
+    """A few steps at lr 1e-4: random networks with random BN diverge within three steps at 0.01 on some CPUs'
+    thread schedules (logits of 1e10, NaN), and a diverged net proves nothing; the steps are there to make each
+    method's decision, not to learn."""
     method = get_method(name)
     init = [] if name == "scratch" else ["--init", tv_bases(arch)]
     out = tmp_path / name
     flags = ["-a", arch, *init, *SYNTHETIC, *budget_flags(method, "smoke", "imagenet"), "--batch-size", "8",
-             "--lr", "0.01", *TARGETED.get(name, []), "-o", str(out)]
-    if name == "resrep":  # mask many channels at once, so groups with depthwise followers are pruned
-        flags += ["--begin-granularity", "100000"]
-        if "regnet" in arch:  # its internal groups are grouped or squeeze widths (no BN to fold into)
-            flags += ["--groups", "residual"]
+             "--lr", "1e-4", *TARGETED.get(name, []), "-o", str(out)]
+    if name == "resrep":  # a few hundred rows masked in three steps
+        flags += ["--begin-granularity", "100"]
+        flags += ["--groups", GROUPS_OF(arch)]
     script(method).main(flags)
     if name == "scratch":  # the narrow network trained from random weights: nothing converted
         assert model_from_hdf5(out / "finish.hdf5")[2] != default_deps(arch)
         return
     converted, arch_read, deps = model_from_hdf5(out / "finish_converted.hdf5")
     assert arch_read == arch and deps != default_deps(arch)
-    # The run's own proof, in float32 as the product gives it: up to 70 layers of random BN (logits in the hundreds)
-    # grow round-off to 1.5e-4 of the logit scale (C-SGD on RegNetY), so 1e-3 here; the float64 test above holds
-    # every decision to 1e-4 and finds a wrong row or column at 1e-2 and more.
-    x = images(arch)
-    info = read_hdf5(out / "finish_converted.hdf5")[2]["conversion"]
-    assert info["max_logit_diff"] < 1e-3 * logit_scale(converted, x), info["max_logit_diff"]
-    if name in ("sfp", "aofp", "l1"):  # their trained file is the zeroed network itself
-        diff = max_logit_diff(model_from_hdf5(out / "finish.hdf5")[0], converted, [x])
-        assert diff < 1e-3 * logit_scale(converted, x), diff
+    # The proof again, from the two files, in float64: the trained file made into the method's reference (its
+    # decisions are in the file), against the converted file. In float32 a random network with random BN is too
+    # ill-conditioned to judge this by (RegNetY after SFP: float32 logits 0.4 % off float64's, so the run's own
+    # float32 proof reads 9.8 at a logit scale of 850), while float64 gives 3e-8 there; what is left is the
+    # float32 rounding of the files' weights (folded or averaged in float64, stored in float32).
+    _, val = make_loaders("synthetic", None, 8, "cpu", seed=0, workers=0, image_size=size_of(arch), num_classes=1000)
+    proof_images = torch.cat([images for _, (images, _) in zip(range(4), val.batches())]).double()
+    reference = method_reference(name, arch, out / "finish.hdf5").double()
+    diff = max_logit_diff(reference, converted.double(), [proof_images])
+    assert diff < 1e-4 * logit_scale(reference, proof_images), diff  # float32 weights: 2.5e-5 at most seen
+
+
+def method_reference(name, arch, trained_file):
+    """What the method's conversion must equal, rebuilt from its trained file: ResRep's net with the masked rows
+    zeroed (followers too), C-SGD's with every cluster averaged, the others' trained (zeroed) net itself."""
+    state, deps, attrs = read_hdf5(trained_file)
+    graph = arch_graph(arch)
+    if name == "resrep":
+        model, _, pruned = resrep_model(arch, groups=GROUPS_OF(arch))
+        model.load_state_dict(state)
+        return zero_masked_rows(model, pruned).eval()
+    model = build_model(arch, deps)
+    if name == "csgd":
+        first = {g.producers[0].conv: g.id for g in graph.groups}
+        state = collapse(state, graph, {first[conv]: merge(c) for conv, c in attrs["decisions"].items()})
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def GROUPS_OF(arch):
+    """ResRep's groups in these tests: RegNetY's internal groups are squeeze widths, with no BN to fold into."""
+    return "residual" if "regnet" in arch else "internal"
 
 
 # --- the generated table of docs/TORCHVISION.md ---------------------------------------------------------------

@@ -346,7 +346,7 @@ class _Tracer:
                 or feature.block is not None or gate.block is not None or feature.parts or gate.parts:
             raise _refuse(f"product {_describe(node)}: only a feature map times a squeeze-excite gate (a sigmoid of "
                           "a conv) is followed", node)
-        gate_convs = [p.conv for p in self.producers[self.uf.find(gate.group)]]
+        gate_convs = [p.conv for p in self.producers[gate.group]]
         if len(gate_convs) != 1:
             raise _refuse(f"product {_describe(node)}: the gate must come from one conv", node)
         self.followers.add(gate_convs[0])

@@ -127,10 +127,6 @@ def test_what_the_graph_cannot_follow_is_refused_in_one_line(arch, message):
     assert "\n" not in str(e.value)
 
 
-def prunable(graph):
-    return [g for g in graph.select("all")]
-
-
 def test_grouped_conv_groups_refuse_a_decision():
     graph = arch_graph("tv:resnext50_32x4d@32")
     g = graph.group_of("layer1.0.conv1")
@@ -149,7 +145,7 @@ def test_every_kind_of_decision_converts_exactly(arch):
     model, graph, x = random_net(arch).double(), arch_graph(arch), images(arch).double()
     rng = random.Random(0)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    groups = prunable(graph)
+    groups = graph.select("all")
     assert groups
 
     kept = {g.id: sorted(rng.sample(range(g.width), max(1, g.width // 2))) for g in groups}

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from base_model import registry
-from base_model.layers import DepsError
+from base_model.layers import DepsError, check_deps
 
 PREFIX = "tv:"
 # torchvision constructors that need arguments to give one eval-mode output (no auxiliary heads)
@@ -107,12 +107,8 @@ def _replace(model, path, new):
 
 
 def _check(arch, graph, deps, names):
-    if len(deps) != len(names):
-        raise DepsError(f"{arch}: deps has {len(deps)} entries but must have {len(names)} (one output width per "
-                        f"conv, in model order: {names[0]}, {names[1]}, ..., {names[-1]})")
-    for i, d in enumerate(deps):
-        if int(d) != d or d < 1:
-            raise DepsError(f"{arch}: deps[{i}] ({names[i]}) is {d!r}; every width must be a positive integer")
+    """check_deps' length and width checks, then every tie the graph finds (residual sums, followers)."""
+    deps = check_deps(arch, deps, len(names), {}, names)
     for g in graph.groups:
         first = g.producers[0]
         for p in g.rows():

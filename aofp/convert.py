@@ -17,6 +17,7 @@ decisions are read with, and they were zeroed in the searched net.
 """
 import torch
 
+from utils.pruning.conv_groups import first_per_run, step
 from utils.pruning.flops import align, count
 from utils.pruning.plan import Plan
 from utils.pruning.surgery import keep
@@ -62,8 +63,9 @@ def round_widths(graph, deps, alive, round_to, target=None):
 
     searched = ratio(alive)
     meets = (lambda r: r < target) if target is not None and searched < target else (lambda r: r <= searched)
-    options = {gid: _options(full[gid], round_to) for gid in alive}
-    width = {gid: align(n, full[gid], round_to) for gid, n in alive.items()}
+    steps = {gid: step(graph.groups[gid], round_to) for gid in alive}
+    options = {gid: _options(full[gid], steps[gid]) for gid in alive}
+    width = {gid: align(n, full[gid], steps[gid]) for gid, n in alive.items()}
     while not meets(ratio(width)):
         lower = {gid: max(o for o in options[gid] if o < w) for gid, w in width.items() if w > options[gid][0]}
         if not lower:
@@ -84,15 +86,18 @@ def round_keeps(model, graph, deps, keeps, round_to, target=None):
         out[gid] = list(idx)
         if w == n:
             continue
-        norms = filter_l1(model, graph.groups[gid])
+        group = graph.groups[gid]
+        norms = filter_l1(model, group)
         kept = torch.zeros(norms.numel(), dtype=torch.bool)
         kept[list(idx)] = True
+        # as many from each run of a grouped conv's group (conv_groups.first_per_run; all of them otherwise)
         if w < n:  # drop the weakest kept filters (a stable sort: ties drop the lower index first)
             cand = kept.nonzero().flatten()
-            kept[cand[torch.sort(norms[cand], stable=True).indices[: n - w]]] = False
+            kept[first_per_run(cand[torch.sort(norms[cand], stable=True).indices], n - w, group)] = False
         else:  # restore the strongest pruned filters
             cand = (~kept).nonzero().flatten()
-            kept[cand[torch.sort(norms[cand], descending=True, stable=True).indices[: w - n]]] = True
+            kept[first_per_run(cand[torch.sort(norms[cand], descending=True, stable=True).indices], w - n,
+                               group)] = True
         out[gid] = kept.nonzero().flatten().tolist()
         moved[gid] = (n, w)
     return out, moved, met

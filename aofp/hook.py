@@ -62,7 +62,8 @@ class AOFPSearch(Hook):
                              f"{unscored[0].role}): no layer consumes its channels, so nothing measures their damage")
         widths = graph.widths(self.deps)
         starts = start_steps(len(groups), iters_per_half, warmup)
-        self.layers = [LayerSearch(g.producers[0].conv, g.id, widths[g.id], s) for g, s in zip(groups, starts)]
+        self.layers = [LayerSearch(g.producers[0].conv, g.id, widths[g.id], s, g.conv_groups)
+                       for g, s in zip(groups, starts)]
         self.settings = dict(iters_per_half=iters_per_half, thresh=thresh, warmup=warmup,
                              macs_target=macs_target, seed=seed, bn_mode=bn_mode)
         self.base_macs = count(graph, self.deps)[0]

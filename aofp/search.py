@@ -8,13 +8,18 @@ it restarts from all survivors. A layer down to one filter is done.
 """
 import torch
 
+from utils.pruning.conv_groups import take_per_run
+
 
 class LayerSearch:
     """The search state of one pruned channel group; every field is checkpointed."""
 
-    def __init__(self, name, group, width, start_step):
+    def __init__(self, name, group, width, start_step, conv_groups=1):
         self.name = name  # the producer conv's module path
         self.group = group  # channel group id in the graph
+        # a group read by a grouped conv: each of its G runs of width / G channels is searched alike, and every
+        # decision takes the same count from each (utils/pruning/conv_groups.py)
+        self.conv_groups = conv_groups
         self.start_step = start_step  # staggered: warm-up + interval * position in the list
         self.keep = torch.ones(width, dtype=torch.bool)  # the base mask: False = permanently pruned
         self.search = torch.zeros(width, dtype=torch.bool)  # the current search set
@@ -51,15 +56,16 @@ class LayerSearch:
         self.search = self.keep.clone()
         self.half_start = step
         self.acc_t.zero_(), self.acc_n.zero_()
-        if self.alive <= 1:
+        if self.alive <= self.conv_groups:
             self.done = True
 
     def draw(self, generator):
-        """A random half (rounded down) of the search set, as a bool mask of the layer's width."""
-        idx = self.search.nonzero().flatten()
-        pick = idx[torch.randperm(idx.numel(), generator=generator)[: idx.numel() // 2]]
+        """A random half (rounded down) of the search set in each run, as a bool mask of the layer's width."""
         drawn = torch.zeros(self.width, dtype=torch.bool)
-        drawn[pick] = True
+        size = self.width // self.conv_groups
+        for start in range(0, self.width, size):
+            idx = self.search[start:start + size].nonzero().flatten() + start
+            drawn[idx[torch.randperm(idx.numel(), generator=generator)[: idx.numel() // 2]]] = True
         return drawn
 
     def accumulate(self, t, drawn):
@@ -76,9 +82,10 @@ class LayerSearch:
         """End of a half: returns ("prune", filters, worst t), ("narrow", ...) or ("restart", ...)."""
         damage = self.mean_damage()
         idx = self.search.nonzero().flatten()
-        g = idx.numel() // 2
-        order = torch.sort(damage[idx], stable=True).indices  # ties keep the lower index first
-        best = idx[order[:g]]
+        g = idx.numel() // self.conv_groups // 2  # half of each run's search set
+        ranked = idx[torch.sort(damage[idx], stable=True).indices]  # ties keep the lower index first
+        best = torch.tensor(take_per_run(ranked, g * self.conv_groups, self.width, self.conv_groups),
+                            dtype=torch.long)
         worst = float(damage[best].max()) if g else float("inf")
         if g >= 1 and worst < thresh:
             keep = self.keep.clone()

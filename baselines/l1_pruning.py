@@ -16,6 +16,7 @@ from fractions import Fraction
 import torch
 
 from baselines.plain import TUNE
+from utils.pruning.conv_groups import first_per_run
 from utils.pruning.flops import arch_uniform_ratio, uniform_deps
 from utils.pruning.plan import Plan
 from utils.pruning.surgery import keep
@@ -70,8 +71,8 @@ def decide(run):
     """Keep the largest-L1 filters of each group; the reference is the base with the others zeroed."""
     a, graph, model = run.args, run.graph, run.trainer.model
     target = graph.widths(uniform_deps(graph, model.deps, a.groups, a.ratio, a.round_to))
-    kept = {g.id: sorted(torch.argsort(l1_norms(model, g), descending=True, stable=True)[:target[g.id]].tolist())
-            for g in graph.select(a.groups)}
+    kept = {g.id: sorted(first_per_run(torch.argsort(l1_norms(model, g), descending=True, stable=True),
+                                       target[g.id], g)) for g in graph.select(a.groups)}
     # zeroed in place: finish.hdf5 is then the base as the narrow net computes it
     zero_channels(model, graph, {g: sorted(set(range(graph.groups[g].width)) - set(k)) for g, k in kept.items()})
     line = f"L1 pruning: every {a.groups} group keeps {a.ratio} of its filters, those of largest L1 norm"

@@ -30,7 +30,7 @@ from utils.tools.latency import ORT, measure
 # here, so ResNet-50, ResNeXt-50, Inception-V3, EfficientNetV2-S, Wide-ResNet and VGG (3 to 11 GMACs) are
 # left to --nets.
 NETS = ("resnet18", "mobilenet_v2", "mobilenet_v3_large", "mnasnet1_0", "efficientnet_b0", "regnet_x_400mf",
-        "regnet_y_400mf", "googlenet", "squeezenet1_1")
+        "regnet_y_400mf", "googlenet", "squeezenet1_1", "densenet121")
 
 
 def half_by_l1(arch):

@@ -4,9 +4,12 @@ A group's clustering is a list of clusters (lists of channel indices); the narro
 channel per cluster. Residual-tied groups are clustered once, from the kernels of all their convs
 side by side (the original used the first conv's kernel alone, so the others had no say), and that
 clustering is shared by every conv of the group. Clusters are canonical: members ascending,
-clusters ordered by their first member, so equal partitions compare equal.
+clusters ordered by their first member, so equal partitions compare equal. A group read by a grouped conv is
+clustered run by run (each conv group's channels alone, into as many clusters each).
 """
 import torch
+
+from utils.pruning.conv_groups import runs
 
 METHODS = ("kmeans", "even")
 KMEANS_ITERS = 100  # Lloyd iterations at most
@@ -140,11 +143,20 @@ def cluster_groups(state, graph, targets, method="kmeans", seed=0):
         check_target(group.width, target, where)
         if target == group.width:
             continue
-        if method == "even":
-            clusters = even_clusters(group.width, target)
-        else:
-            # Each group gets its own stream, so adding a group does not change the others' clusters.
-            clusters = kmeans(group_features(state, group), target, seed=seed * 100003 + gid)
+        if target % group.conv_groups:
+            raise ClusteringError(f"{where}: target width {target} is not a multiple of its {group.conv_groups} "
+                                  "conv groups (a grouped conv reads it)")
+        clusters, features = [], group_features(state, group)
+        # a grouped conv's group: each run is clustered alone, into as many clusters (utils/pruning/conv_groups.py)
+        for run in runs(group):
+            k = target // group.conv_groups
+            if method == "even":
+                found = even_clusters(len(run), k)
+            else:
+                # Each group (and run) gets its own stream, so adding one does not change the others' clusters.
+                found = kmeans(features[run.start:run.stop], k, seed=seed * 100003 + gid + 7919 * run.start)
+            clusters += [[run.start + i for i in c] for c in found]
+        clusters = canonical(clusters)
         check_clusters(clusters, group.width, where)
         if len(clusters) != target:
             raise ClusteringError(f"{where}: got {len(clusters)} clusters for target {target}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from base_model import default_deps, get_arch
+from utils.pruning.conv_groups import step
 from utils.pruning.flops import align
 from utils.training.cli import base_weights
 from utils.training.method import optional_start
@@ -65,7 +66,7 @@ def target_deps(arch, graph, schedule, itr, round_to=1):
     deps = list(default_deps(arch))
     for g in graph.select(schedule.groups):
         for p in g.producers:
-            deps[p.index] = align(max(1, rnd(r * deps[p.index])), deps[p.index], round_to)
+            deps[p.index] = align(max(1, rnd(r * deps[p.index])), deps[p.index], step(g, round_to))
     return deps
 
 

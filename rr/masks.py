@@ -5,7 +5,8 @@ as the paper). Walking that list from a fresh start (the unpruned widths), each 
 by one until the MACs reach `macs_target` of the base; a group never goes below `num_at_least`.
 With `round_to` N > 1 (`--round-to`) a group moves N channels at a time, once N of its rows have come up
 in the list (its first move only as far as the nearest multiple of N), and never below N: every unmasked
-width is then a multiple of N.
+width is then a multiple of N. A group read by a grouped conv with G conv groups moves lcm(N, G) rows at a time,
+as many from each of its G runs (the rows of a run beyond its share wait for the next update).
 Until the target has been reached once by the current masks, an update may mask at most
 `begin_granularity` more rows than the masks in place. Unlike the original code, the cap counts
 only rows actually masked (not the skipped ones), and every group's mask is rebuilt (no stale zeros).
@@ -22,6 +23,7 @@ import math
 
 import torch
 
+from utils.pruning.conv_groups import step
 from utils.pruning.flops import layer_macs
 
 
@@ -102,24 +104,29 @@ def select_masks(graph, base_deps, norms, masked_now, macs_target, begin_granula
     order = torch.argsort(values, stable=True).tolist()
     owner, channel = owner.tolist(), channel.tolist()
 
-    chosen, waiting = {g: [] for g in gids}, {g: [] for g in gids}
-    fewest = max(num_at_least, round_to)
+    # a group read by a grouped conv moves as many rows in each of its G runs (utils/pruning/conv_groups.py)
+    unit = {g: step(graph.groups[g], round_to) for g in gids}
+    runs = {g: graph.groups[g].conv_groups for g in gids}
+    chosen, waiting = {g: [] for g in gids}, {g: [[] for _ in range(runs[g])] for g in gids}
     n = 0
     for k in order:
         if counter.total <= target or n >= cap:
             break
         gid = gids[owner[k]]
-        move = counter.widths[gid] % round_to or round_to
-        if counter.widths[gid] - move < fewest:
+        move = counter.widths[gid] % unit[gid] or unit[gid]
+        if counter.widths[gid] - move < max(num_at_least, unit[gid]):
             continue
-        waiting[gid].append(channel[k])
-        if len(waiting[gid]) < move:
+        run = waiting[gid][channel[k] * runs[gid] // len(norms[gid])]
+        if len(run) >= move // runs[gid]:
+            continue
+        run.append(channel[k])
+        if sum(len(r) for r in waiting[gid]) < move:
             continue
         if n and n + move > cap:
             break
         for _ in range(move):
             counter.remove_one(gid)
-        chosen[gid] += waiting[gid]
-        waiting[gid] = []
+        chosen[gid] += [c for r in waiting[gid] for c in r]
+        waiting[gid] = [[] for _ in range(runs[gid])]
         n += move
     return {g: sorted(c) for g, c in chosen.items()}

@@ -14,6 +14,7 @@ from sfp.convert import decide, kept
 from sfp.flops import depth_of, sfp_cifar_reduction
 from sfp.zeroing import BN_MODES, SoftFilterZeroing, check_rate, num_pruned
 from utils.pruning.channel_graph import arch_graph
+from utils.pruning.conv_groups import step
 from utils.pruning.flops import closest_to_target, count
 from utils.training import skeleton
 from utils.training.cli import finite
@@ -66,7 +67,7 @@ def flags(p):
 def rate_for(arch, target, groups="internal", round_to=1):
     """(rate text, deps): the keep rate, in hundredths, whose MACs come nearest the target."""
     graph, base = arch_graph(arch), default_deps(arch)
-    cands = [(f"{i / 100:g}", graph.deps_at(base, {g.id: g.width - num_pruned(g.width, i / 100, round_to)
+    cands = [(f"{i / 100:g}", graph.deps_at(base, {g.id: g.width - num_pruned(g.width, i / 100, step(g, round_to))
                                                     for g in graph.select(groups)}))
              for i in range(1, 101)]
     return closest_to_target(graph, base, cands, target)

@@ -20,6 +20,7 @@ Differences from the original code (he-y/soft-filter-pruning):
 """
 import torch
 
+from utils.pruning.conv_groups import first_per_run, step
 from utils.pruning.flops import align
 from utils.pruning.zeroing import zero_channels
 from utils.training.dist import broadcast_object
@@ -55,9 +56,8 @@ def choose(model, groups, rate, round_to=1):
     """{group id: sorted channels to zero}: the int(N*(1-rate)) lowest summed norms (ties: lower index)."""
     out = {}
     for g in groups:
-        n = num_pruned(g.width, rate, round_to)
-        order = torch.argsort(filter_norms(model, g), stable=True)
-        out[g.id] = sorted(order[:n].tolist())
+        n = num_pruned(g.width, rate, step(g, round_to))
+        out[g.id] = sorted(first_per_run(torch.argsort(filter_norms(model, g), stable=True), n, g))
     return out
 
 

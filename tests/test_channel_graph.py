@@ -83,6 +83,26 @@ class ConcatThenBN(Concat):
         return self.bn(super().forward(x))
 
 
+class ImageBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(x)
+
+
+def test_a_bn_on_a_concatenation_keeps_the_widths_it_reads():
+    """A BN that is not its conv's own turns a dropped channel's 0 into its bias: the groups it reads are "preact"
+    (not prunable), and its parameters are counted."""
+    from utils.pruning.flops import count
+
+    graph = build_channel_graph(ConcatThenBN(), torch.randn(1, 3, 8, 8))
+    assert [g.role for g in graph.groups] == ["preact", "preact"] and not graph.select("all")
+    assert [(n.module, n.kind, n.in_parts) for n in graph.norms] == [("bn", "norm", (0, 1))]
+    assert count(graph, [4, 4])[1] == sum(p.numel() for p in ConcatThenBN().parameters())
+
+
 class Grouped(nn.Module):
     def __init__(self):
         super().__init__()
@@ -137,7 +157,7 @@ class LayerNormNet(nn.Module):
 
 
 @pytest.mark.parametrize("model,channels,message", [
-    (ConcatThenBN(), 3, r"BatchNorm 'bn' must directly follow a conv at node 'bn'"),
+    (ImageBN(), 3, r"BatchNorm 'bn' must read a conv feature map at node 'bn' in module 'bn'"),
     (Grouped(), 4, r"depthwise conv 'dw' \(groups=4\) must read a conv feature map at node 'dw' in module 'dw'"),
     (Sigmoid(), 4, r"Sigmoid 'act' outside a squeeze-excite gate reaches the output"),
     (AddImage(), 3, r"add 'add' must sum two conv feature maps"),

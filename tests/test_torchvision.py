@@ -17,6 +17,7 @@ from helpers import SYNTHETIC, randomize_bn, script
 from rr.compactor import insert_compactors, resrep_model
 from rr.convert import convert_state, zero_masked_rows
 from utils.pruning.channel_graph import UnsupportedOpError, arch_graph
+from utils.pruning.conv_groups import first_per_run, runs
 from utils.pruning.flops import count, uniform_deps
 from utils.pruning.proof import max_logit_diff
 from utils.pruning.surgery import collapse, keep, merge, narrow
@@ -41,11 +42,11 @@ NETS = [
     "tv:regnet_y_400mf@32",  # grouped convs and squeeze-excite
     pytest.param("tv:regnet_x_400mf@32", marks=slow),
     "tv:googlenet@32",  # concatenation
+    "tv:densenet121@32",  # pre-activation BN on a concatenation
     pytest.param("tv:inception_v3@80", marks=slow),
     "tv:squeezenet1_1@32",  # no BN: convs with bias
 ]
 REFUSED = {
-    "tv:densenet121@32": r"BatchNorm 'features.denseblock1.denselayer1.norm1' must directly follow a conv",
     "tv:shufflenet_v2_x0_5@32": r"unsupported op call_method size at node 'size' in module 'stage2.0'",
     "tv:convnext_tiny@32": r"ConvNeXt normalises with LayerNorm2d \('features.0.1'\), not BatchNorm",
     "tv:vit_b_16": r"VisionTransformer normalises with LayerNorm",
@@ -110,9 +111,20 @@ def test_the_groups_of_each_family():
     assert [c.module for c in gated.consumers] == ["features.4.block.2.fc1", "features.4.block.3.0"]
     assert mv3.group_of("features.4.block.2.fc1").role == "internal"  # the squeeze width, a group of its own
     rx = arch_graph("tv:resnext50_32x4d@32")
-    assert Counter(g.role for g in rx.groups) == {"stem": 1, "grouped": 16, "residual": 4}
+    assert Counter(g.role for g in rx.groups) == {"stem": 1, "internal": 16, "residual": 4}
     g = rx.group_of("layer1.0.conv1")
-    assert g.role == "grouped" and [p.conv for p in g.followers] == ["layer1.0.conv2"]
+    assert (g.role, g.conv_groups, g.width) == ("internal", 32, 128)
+    assert [(p.conv, p.groups) for p in g.followers] == [("layer1.0.conv2", 32)]
+    assert [c.module for c in g.consumers] == ["layer1.0.conv3"]
+    dense = arch_graph("tv:densenet121@32")
+    assert Counter(g.role for g in dense.groups) == {"preact": 62, "internal": 58}
+    bottleneck = dense.group_of("features.denseblock1.denselayer2.conv1")  # conv1 -> norm2 -> conv2: prunable
+    assert bottleneck.role == "internal" and [c.module for c in bottleneck.consumers] == \
+        ["features.denseblock1.denselayer2.conv2"]
+    growth = dense.group_of("features.denseblock1.denselayer1.conv2")  # read by every later layer's norm1
+    assert growth.role == "preact" and len(growth.consumers) == 5 + 1  # 5 later layers' conv1, the transition
+    norm1 = next(n for n in dense.norms if n.module == "features.denseblock1.denselayer2.norm1")
+    assert norm1.in_parts == (dense.group_of("features.conv0").id, growth.id)
     goog = arch_graph("tv:googlenet@32")
     b1 = goog.group_of("inception3a.branch1.conv")
     reader = next(c for c in b1.consumers if c.module == "inception3b.branch1.conv")
@@ -127,12 +139,61 @@ def test_what_the_graph_cannot_follow_is_refused_in_one_line(arch, message):
     assert "\n" not in str(e.value)
 
 
-def test_grouped_conv_groups_refuse_a_decision():
-    graph = arch_graph("tv:resnext50_32x4d@32")
-    g = graph.group_of("layer1.0.conv1")
-    state = {k: v for k, v in build_model("tv:resnext50_32x4d@32").state_dict().items()}
-    with pytest.raises(ValueError, match=r"read by a grouped conv \(layer1.0.conv2\); narrowing it is not supported"):
-        narrow(state, graph, {g.id: keep(range(g.width // 2))})
+def test_a_grouped_conv_keeps_as_many_channels_in_each_conv_group():
+    """RegNetY-400MF's first block: conv a (48 channels) -> grouped conv b (6 conv groups of 8) -> SE -> conv c.
+    A decision keeping the same count in every run of 8 channels narrows b into 6 conv groups again, exactly;
+    an uneven one, or a cluster across runs (their rows read different inputs), is refused."""
+    arch = "tv:regnet_y_400mf@32"
+    model, graph, x = random_net(arch).double(), arch_graph(arch), images(arch).double()
+    g = graph.group_of("trunk_output.block1.block1-0.f.a.0")
+    assert (g.width, g.conv_groups, [(p.conv, p.groups) for p in g.followers]) == \
+        (48, 6, [("trunk_output.block1.block1-0.f.b.0", 6), ("trunk_output.block1.block1-0.f.se.fc2", 1)])
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    kept = [i for i in range(48) if i % 8 in (1, 4, 6)]  # 3 of every 8
+    narrow_state, deps = narrow(state, graph, {g.id: keep(kept)})
+    small = build_model(arch, deps).double()
+    small.load_state_dict(narrow_state)
+    b = small.get_submodule("trunk_output.block1.block1-0.f.b.0")
+    assert (b.in_channels, b.out_channels, b.groups) == (18, 18, 6)
+    zeroed = copy.deepcopy(model)
+    zero_channels(zeroed, graph, {g.id: sorted(set(range(48)) - set(kept))})
+    assert_exact(zeroed, small, x, "keep 3 of every 8")
+    clusters = [[i, i + 1] for i in range(0, 48, 2)]  # pairs inside runs: 4 clusters per run
+    averaged = copy.deepcopy(model)
+    averaged.load_state_dict(collapse(state, graph, {g.id: merge(clusters)}))
+    narrow_state, deps = narrow(state, graph, {g.id: merge(clusters)})
+    merged = build_model(arch, deps).double()
+    merged.load_state_dict(narrow_state)
+    assert_exact(averaged, merged, x, "merge pairs")
+    with pytest.raises(ValueError, match=r"read by the grouped conv trunk_output.block1.block1-0.f.b.0 \(6 conv "
+                                         r"groups\): it keeps \[8, 8, 8, 0, 0, 0\] channels"):
+        narrow(state, graph, {g.id: keep(range(24))})
+    with pytest.raises(ValueError, match=r"cluster \[7, 8\] spans conv groups \[0, 1\]"):
+        narrow(state, graph, {g.id: merge([[7, 8], *[[i] for i in range(48) if i not in (7, 8)]])})
+    with pytest.raises(ValueError, match=r"must be a multiple of 6"):
+        build_model(arch, graph.deps_at(default_deps(arch), {g.id: 47}))
+
+
+def test_a_group_read_by_a_pre_activation_bn_is_not_narrowed():
+    """Dropping a channel that DenseNet's norm1 reads is not exact: the BN turns its 0 into its bias, which the
+    next conv reads. The graph keeps such groups (role preact), the surgery and the deps check refuse them."""
+    arch = "tv:densenet121@32"
+    model, graph, x = random_net(arch), arch_graph(arch), images(arch)
+    growth = graph.group_of("features.denseblock1.denselayer1.conv2")
+    zeroed = copy.deepcopy(model)
+    zero_channels(zeroed, graph, {growth.id: [0]})
+    with torch.no_grad():  # the zeroed channel's 0 reaches norm1 of the next layer, which does not output 0
+        features = zeroed.features[:4](x)
+        layer1 = zeroed.features.denseblock1.denselayer1([features])
+        assert layer1[:, 0].abs().max() == 0
+        after = zeroed.features.denseblock1.denselayer2.norm1(torch.cat([features, layer1], 1))
+        assert after[:, features.shape[1]].abs().min() > 0
+    state = dict(model.state_dict())
+    with pytest.raises(ValueError, match=r"read by a pre-activation BatchNorm .* narrowing it is not supported"):
+        narrow(state, graph, {growth.id: keep(range(1, growth.width))})
+    deps = graph.deps_at(default_deps(arch), {growth.id: growth.width - 1})
+    with pytest.raises(ValueError, match=r"are read by a pre-activation BatchNorm, so it must stay 32"):
+        build_model(arch, deps)
 
 
 @pytest.mark.parametrize("arch", NETS)
@@ -148,7 +209,7 @@ def test_every_kind_of_decision_converts_exactly(arch):
     groups = graph.select("all")
     assert groups
 
-    kept = {g.id: sorted(rng.sample(range(g.width), max(1, g.width // 2))) for g in groups}
+    kept = {g.id: random_keep(g, rng) for g in groups}
     narrow_state, deps = narrow(state, graph, {gid: keep(k) for gid, k in kept.items()})
     small = build_model(arch, deps).double()
     small.load_state_dict(narrow_state)
@@ -158,9 +219,9 @@ def test_every_kind_of_decision_converts_exactly(arch):
     assert count(graph, deps)[0] < count(graph, default_deps(arch))[0]
 
     clusters = {}
-    for g in groups:
-        order, k = rng.sample(range(g.width), g.width), max(1, g.width // 3)
-        clusters[g.id] = merge([order[i::k] for i in range(k)])
+    for g in groups:  # random clusters, inside each conv group's run where a grouped conv reads the group
+        clusters[g.id] = merge([c for run in runs(g) for order in [rng.sample(list(run), len(run))]
+                                for k in [max(1, len(run) // 3)] for c in (order[i::k] for i in range(k))])
     averaged = copy.deepcopy(model)
     averaged.load_state_dict(collapse(state, graph, clusters))
     narrow_state, deps = narrow(state, graph, clusters)
@@ -177,8 +238,7 @@ def test_every_kind_of_decision_converts_exactly(arch):
         return
     with torch.no_grad():
         for pg in pruned:
-            masked = sorted(rng.sample(range(pg.group.width), pg.group.width // 2))
-            pg.set_masked(masked)
+            pg.set_masked(sorted(set(range(pg.group.width)) - set(random_keep(pg.group, rng))))
             for comp in pg.compactors():
                 comp.pwc.weight.add_(torch.randn_like(comp.pwc.weight) * 0.1)
     narrow_state, deps = convert_state(resrep.state_dict(), graph, pruned)
@@ -187,11 +247,18 @@ def test_every_kind_of_decision_converts_exactly(arch):
     assert_exact(zero_masked_rows(resrep, pruned), folded, x, "fold")
 
 
+def random_keep(group, rng):
+    """Half the group's channels at random (as many from each conv group's run where a grouped conv reads it)."""
+    count = max(group.conv_groups, group.width // 2 // group.conv_groups * group.conv_groups)
+    return sorted(first_per_run(rng.sample(range(group.width), group.width), count, group))
+
+
 # --- each method's entry script, end to end -------------------------------------------------------------------
 TARGETED = {"l1": ["--macs-target", "0.5"], "scratch": ["--macs-target", "0.5"]}
 SCRIPT_NETS = ["tv:mobilenet_v2@32", "tv:resnet18@32", pytest.param("tv:mobilenet_v3_small@32", marks=slow),
                pytest.param("tv:efficientnet_b0@32", marks=slow), pytest.param("tv:mnasnet0_5@32", marks=slow),
-               pytest.param("tv:regnet_y_400mf@32", marks=slow), pytest.param("tv:googlenet@32", marks=slow)]
+               pytest.param("tv:regnet_y_400mf@32", marks=slow), pytest.param("tv:googlenet@32", marks=slow),
+               pytest.param("tv:densenet121@32", marks=slow)]
 
 
 @pytest.fixture(scope="module")
@@ -221,13 +288,15 @@ def test_each_method_prunes_the_network_and_converts_exactly(name, arch, tv_base
              "--lr", "1e-4", *TARGETED.get(name, []), "-o", str(out)]
     if name == "resrep":  # a few hundred rows masked in three steps
         flags += ["--begin-granularity", "100"]
-        flags += ["--groups", GROUPS_OF(arch)]
     script(method).main(flags)
     if name == "scratch":  # the narrow network trained from random weights: nothing converted
         assert model_from_hdf5(out / "finish.hdf5")[2] != default_deps(arch)
         return
     converted, arch_read, deps = model_from_hdf5(out / "finish_converted.hdf5")
     assert arch_read == arch and deps != default_deps(arch)
+    narrowed = [g for g in arch_graph(arch).groups if deps[g.producers[0].index] < g.width]
+    if any(g.conv_groups > 1 for g in arch_graph(arch).groups):  # the groups a grouped conv reads are pruned too
+        assert any(g.conv_groups > 1 for g in narrowed), [g.producers[0].conv for g in narrowed]
     # The proof again, from the two files, in float64: the trained file made into the method's reference (its
     # decisions are in the file), against the converted file. In float32 a random network with random BN is too
     # ill-conditioned to judge this by (RegNetY after SFP: float32 logits 0.4 % off float64's, so the run's own
@@ -246,7 +315,7 @@ def method_reference(name, arch, trained_file):
     state, deps, attrs = read_hdf5(trained_file)
     graph = arch_graph(arch)
     if name == "resrep":
-        model, _, pruned = resrep_model(arch, groups=GROUPS_OF(arch))
+        model, _, pruned = resrep_model(arch)
         model.load_state_dict(state)
         return zero_masked_rows(model, pruned).eval()
     model = build_model(arch, deps)
@@ -257,9 +326,6 @@ def method_reference(name, arch, trained_file):
     return model.eval()
 
 
-def GROUPS_OF(arch):
-    """ResRep's groups in these tests: RegNetY's internal groups are squeeze widths, with no BN to fold into."""
-    return "residual" if "regnet" in arch else "internal"
 
 
 # --- the generated table of docs/TORCHVISION.md ---------------------------------------------------------------
@@ -280,8 +346,9 @@ def test_the_generator_says_which_method_runs_and_why_not():
 
     methods = table_methods()
     assert row("mobilenet_v2", methods)[4:] == ["yes"] * len(methods)
-    resnext = dict(zip(methods, row("resnext50_32x4d", methods)[4:]))
-    assert resnext["resrep"] == "with `--groups all`" and resnext["sfp"] == "yes"
-    refused = row("densenet121", methods)
-    assert refused[1] == "refused" and "must directly follow a conv" in refused[3]
+    assert row("resnext50_32x4d", methods)[3] == "16 internal, 4 residual, 1 stem"  # the grouped bottlenecks too
+    assert dict(zip(methods, row("regnet_x_8gf", methods)[4:]))["resrep"] == "yes"
+    assert row("densenet121", methods)[4:] == ["yes"] * len(methods)  # its bottlenecks; the growth widths kept
+    refused = row("shufflenet_v2_x0_5", methods)
+    assert refused[1] == "refused" and "unsupported op call_method size" in refused[3]
     assert dict(zip(methods, row("squeezenet1_1", methods)[4:]))["resrep"] == "no group to prune"

@@ -4,8 +4,11 @@ Derived from the model by one torch.fx pass with one rule per op type (no per-ar
 - a conv opens a channel group; a BN right after a conv belongs to it;
 - a depthwise conv (groups = in = out) *follows* the group it reads: its output channel i is its input
   channel i, so pruning a channel removes it in the producer, the depthwise conv and its BN; a grouped conv
-  with in = out follows the same way, whole conv groups at a time (its group's role is "grouped", which no
-  method prunes yet: a decision would have to keep whole conv groups);
+  with in = out and G conv groups follows the same way, its rows with the group's channels and its columns
+  block by block: the group keeps the same count of channels in every conv group (`conv_groups` = G), so the
+  narrow conv is again G equal conv groups;
+- a BN that is not its conv's own (DenseNet's pre-activation BN reading a concatenation) turns a pruned
+  channel's 0 into its bias, so the groups it reads keep their width (role "preact"); channels pass through it;
 - a residual add unites the groups of its two inputs;
 - squeeze-excite: a gate (a sigmoid or hard sigmoid of a conv on a pooled map) multiplying a feature map
   makes the gate's conv a follower of the gated group (its rows go with the channels they gate), and the
@@ -17,6 +20,7 @@ A pruned channel is exactly 0 from its producer's BN to its consumers (every act
 which is what makes dropping it exact. Anything else is refused by name, with the module it sits in. The rules
 are in tracing.py; this module assembles what they record into groups with roles.
 """
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -41,12 +45,15 @@ class ChannelGroup:
 
     role: "internal" (one conv, one consumer), "residual" (channels meeting in a residual sum),
     "stem" (the first conv, fanning out into a residual stage), "fanout" (another conv fanning out),
-    "grouped" (read by a grouped conv, which no method prunes yet), "output" (reaches the model's output
+    "preact" (read by a BN that is not its
+    conv's own, DenseNet's pre-activation BN: not prunable), "output" (reaches the model's output
     unconsumed; not prunable). A squeeze-excite's squeeze conv does not count as a consumer for the role.
 
     producers open the channels (their filters are what methods rank, compact and cluster); followers carry
     them on, one row per channel (depthwise and grouped convs reading the group, squeeze-excite gate convs
     multiplying it), and are narrowed, zeroed and averaged with them, never ranked or compacted.
+    conv_groups: G when a grouped conv (ResNeXt, RegNet) follows the group: every decision keeps the same count
+    of channels in each run of width / G channels, and merges only within a run (utils/pruning/conv_groups.py).
     """
     id: int
     role: str
@@ -54,6 +61,7 @@ class ChannelGroup:
     producers: list[Producer] = field(default_factory=list)
     consumers: list[Consumer] = field(default_factory=list)
     followers: list[Producer] = field(default_factory=list)
+    conv_groups: int = 1
 
     @property
     def deps_indices(self):
@@ -69,6 +77,7 @@ class ChannelGraph:
     convs: list[str]  # conv module paths in deps order
     groups: list[ChannelGroup]
     layers: list[LayerCost]
+    norms: list[LayerCost] = field(default_factory=list)  # pre-activation BNs: params, no MACs
 
     def group_of(self, conv):
         for g in self.groups:
@@ -157,7 +166,10 @@ def _assemble(convs, t, modules):
         members.setdefault(uf.find(g), []).append(g)
     added = {uf.find(g) for g in t.added}
     output_groups = {uf.find(g) for g in t.output_groups}
-    grouped = {uf.find(g) for g in t.grouped}
+    grouped = {}
+    for g, n in t.grouped.items():
+        grouped[uf.find(g)] = math.lcm(grouped.get(uf.find(g), 1), n)
+    preact = {uf.find(g) for g in t.preact}
     squeeze = _squeeze_convs(t)
     openers = lambda r: [p for g in members[r] for p in t.producers[g] if p.conv not in t.followers]  # noqa: E731
     renumber = {root: i for i, root in enumerate(sorted(members, key=lambda r: min(p.index for p in openers(r))))}
@@ -171,8 +183,8 @@ def _assemble(convs, t, modules):
         follows = [p for p in rows if p.conv in t.followers]
         cons = sorted((c for g in gs for c in t.consumers.get(g, [])), key=lambda c: order[c.module])
         counted = [c for c in cons if c.module not in squeeze]
-        if root in grouped:
-            role = "grouped"
+        if root in preact:
+            role = "preact"
         elif root in added:
             role = "residual"
         elif root in output_groups or not counted:
@@ -181,19 +193,20 @@ def _assemble(convs, t, modules):
             role = "internal"
         else:
             role = "stem" if any(g in t.fed_by_input for g in gs) else "fanout"
-        groups.append(ChannelGroup(renumber[root], role, modules[prods[0].conv].out_channels, prods, cons, follows))
+        groups.append(ChannelGroup(renumber[root], role, modules[prods[0].conv].out_channels, prods, cons, follows,
+                                   grouped.get(root, 1)))
     number = lambda g: renumber[uf.find(g)]  # noqa: E731
     for group in groups:
         for c in group.consumers:
             c.parts = tuple((None if g is None else number(g), f) for g, f in c.parts)
-    for lc in t.layer_costs:
+    for lc in [*t.layer_costs, *t.norm_costs]:
         lc.in_parts = tuple(number(g) for g in lc.in_parts)
         lc.in_group = None if lc.in_group is None else renumber[uf.find(lc.in_group)]
         lc.out_group = None if lc.out_group is None else renumber[uf.find(lc.out_group)]
         if lc.kind == "conv":
             lc.bn = lc.module in t.bn_of
     t.layer_costs.sort(key=lambda lc: order[lc.module])
-    return ChannelGraph(convs, groups, t.layer_costs)
+    return ChannelGraph(convs, groups, t.layer_costs, t.norm_costs)
 
 
 @lru_cache(maxsize=None)

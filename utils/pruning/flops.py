@@ -19,6 +19,7 @@ import torch
 from utils.command import ArgumentParser, run_main
 
 from .channel_graph import arch_graph
+from .conv_groups import step
 
 
 def _widths(layer, widths):
@@ -44,7 +45,8 @@ def count(graph, deps):
     """(MACs, params) of the model whose conv widths are `deps`."""
     widths = graph.widths(deps)
     return (sum(layer_macs(lc, widths) for lc in graph.layers),
-            sum(layer_params(lc, widths) for lc in graph.layers))
+            sum(layer_params(lc, widths) for lc in graph.layers) +
+            sum(lc.kernel * lc.in_width(widths) for lc in graph.norms))
 
 
 def closest_to_target(graph, base_deps, candidates, target):
@@ -68,10 +70,11 @@ def align(width, full, round_to=1):
 def uniform_deps(graph, deps, groups, ratio, round_to=1):
     """`deps` with every group a `--groups` value selects at floor(ratio * width), at least 1 (then aligned
     to `round_to`): one ratio for every pruned layer (Li et al.'s and Liu et al.'s baselines; C-SGD's floor
-    rounding). `ratio` is a Fraction, so that 29/100 of 100 channels is 29, not 28."""
+    rounding). `ratio` is a Fraction, so that 29/100 of 100 channels is 29, not 28. A group read by a grouped conv
+    is aligned to its conv groups too (conv_groups.step)."""
     widths = graph.widths(deps)
-    return graph.deps_at(deps, {g.id: align(max(1, math.floor(ratio * widths[g.id])), widths[g.id], round_to)
-                                for g in graph.select(groups)})
+    return graph.deps_at(deps, {g.id: align(max(1, math.floor(ratio * widths[g.id])), widths[g.id],
+                                            step(g, round_to)) for g in graph.select(groups)})
 
 
 def uniform_ratio(graph, base_deps, groups, target, round_to=1):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .conv_groups import misfit
+
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -46,9 +48,9 @@ def fold(compactors, kept):
 
 def _check(decision, group):
     seen, width = set(), group.width
-    if group.role == "grouped" and sorted(i for c in decision.clusters for i in c) != list(range(width)):
-        raise SurgeryError(f"group {group.id} ({group.producers[0].conv}) is read by a grouped conv "
-                           f"({group.followers[0].conv}); narrowing it is not supported yet")
+    if group.role == "preact" and sorted(i for c in decision.clusters for i in c) != list(range(width)):
+        raise SurgeryError(f"group {group.id} ({group.producers[0].conv}) is read by a pre-activation BatchNorm (its "
+                           "bias would replace a dropped channel's 0); narrowing it is not supported")
     if not decision.clusters:
         raise SurgeryError(f"group {group.id} ({group.producers[0].conv}): a decision must keep at least one channel")
     for c in decision.clusters:
@@ -60,6 +62,11 @@ def _check(decision, group):
             if i in seen:
                 raise SurgeryError(f"group {group.id} ({group.producers[0].conv}): channel {i} appears twice")
             seen.add(i)
+    why = misfit(decision.clusters, group)
+    if why:
+        grouped = next(p.conv for p in group.followers if p.groups > 1)
+        raise SurgeryError(f"group {group.id} ({group.producers[0].conv}) is read by the grouped conv {grouped} "
+                           f"({group.conv_groups} conv groups): {why}")
     if decision.compactors is not None:
         names = {p.conv for p in group.producers}
         if set(decision.compactors) != names:
@@ -130,12 +137,30 @@ def _fold_compactor(state, producer, q):
     state[f"{producer.bn}.running_var"] = torch.full((n,), 1.0 - producer.bn_eps, dtype=dtype)
 
 
-def _mix_producers(state, group, m):
-    """Rows of every producer and follower tensor (conv weight and bias, BN affine and statistics) <- m @ rows."""
+def _mix_grouped(w, a, s, groups):
+    """A grouped conv's weight (width, width / G, kh, kw) with rows mixed by a and columns by s, as the
+    block-diagonal dense conv it is: a W s^T, cut back into its G diagonal blocks (the decision keeps every
+    cluster inside one conv group and as many clusters in each, so nothing leaves the blocks)."""
+    width, size = w.shape[0], w.shape[1]
+    dense = torch.zeros(width, width, *w.shape[2:], dtype=torch.float64)
+    for j in range(groups):
+        dense[j * size:(j + 1) * size, j * size:(j + 1) * size] = w[j * size:(j + 1) * size].double()
+    mixed = torch.einsum("kc,cd...,ld->kl...", a, dense, s)
+    n = a.shape[0] // groups
+    return torch.cat([mixed[j * n:(j + 1) * n, j * n:(j + 1) * n] for j in range(groups)]).to(w.dtype)
+
+
+def _mix_producers(state, group, m, s=None):
+    """Rows of every producer and follower tensor (conv weight and bias, BN affine and statistics) <- m @ rows;
+    with `s`, a grouped follower's columns are summed by s too (they read the group's channels)."""
     for p in group.rows():
         names = [f"{p.conv}.weight", f"{p.conv}.bias"] + ([f"{p.bn}.{k}" for k in BN_KEYS] if p.bn else [])
         for name in names:
-            if name in state:
+            if name not in state:
+                continue
+            if s is not None and p.groups > 1 and name == f"{p.conv}.weight":
+                state[name] = _mix_grouped(state[name], m, s, p.groups)
+            else:
                 state[name] = _mix_rows(m, state[name])
 
 
@@ -148,8 +173,10 @@ def narrow(state, graph, decisions):
         if decision.compactors is not None:
             for p in group.producers:
                 _fold_compactor(out, p, decision.compactors[p.conv])
-        a, s = _cluster_matrices(decision.clusters, group.width)
-        _mix_producers(out, group, a)
+        # a grouped conv's narrow conv groups are runs of consecutive channels: its clusters go in channel order
+        clusters = sorted(decision.clusters, key=min) if group.conv_groups > 1 else decision.clusters
+        a, s = _cluster_matrices(clusters, group.width)
+        _mix_producers(out, group, a, s)
         for c in group.consumers:
             out[f"{c.module}.weight"] = _mix_consumer(out, graph, group, c, s)
     deps = [int(out[f"{conv}.weight"].shape[0]) for conv in graph.convs]

@@ -106,6 +106,10 @@ def _replace(model, path, new):
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+# roles whose width a deps list cannot change, and why
+FIXED = {"preact": "are read by a pre-activation BatchNorm", "output": "reach the output"}
+
+
 def _check(arch, graph, deps, names):
     """check_deps' length and width checks, then every tie the graph finds (residual sums, followers)."""
     deps = check_deps(arch, deps, len(names), {}, names)
@@ -116,10 +120,12 @@ def _check(arch, graph, deps, names):
                 raise DepsError(f"{arch}: deps[{p.index}] ({p.conv}) is {deps[p.index]} but must equal "
                                 f"deps[{first.index}] ({first.conv}) = {deps[first.index]}: their channels are tied "
                                 "(a residual sum, a depthwise conv or a squeeze-excite gate)")
-        if g.role in ("grouped", "output") and deps[first.index] != g.width:
+        if g.role in FIXED and deps[first.index] != g.width:
             raise DepsError(f"{arch}: deps[{first.index}] ({first.conv}) is {deps[first.index]} but its channels "
-                            f"{'are read by a grouped conv' if g.role == 'grouped' else 'reach the output'}, "
-                            f"so it must stay {g.width}")
+                            f"{FIXED[g.role]}, so it must stay {g.width}")
+        if deps[first.index] % g.conv_groups:
+            raise DepsError(f"{arch}: deps[{first.index}] ({first.conv}) is {deps[first.index]} but a grouped conv "
+                            f"with {g.conv_groups} conv groups reads it: it must be a multiple of {g.conv_groups}")
     return [int(d) for d in deps]
 
 

@@ -2,6 +2,7 @@
 layer's cost are, and how each op of a torch.fx-traced model moves channels between groups, one rule per op type.
 channel_graph.py assembles what these rules record into groups with roles.
 """
+import math
 import operator
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class Producer:
     bn: str | None  # module path of the BatchNorm2d right after it
     index: int  # position in deps
     bn_eps: float = 1e-5
+    groups: int = 1  # a grouped follower's conv groups (its columns are mixed block by block); else 1
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Consumer:
 class LayerCost:
     """What FLOPs and params of one conv or linear depend on: widths in and out, and constants."""
     module: str
-    kind: str
+    kind: str  # "conv", "linear" or "norm" (a pre-activation BN: params only, in ChannelGraph.norms)
     in_group: int | None  # channel group read, or None when the input width is fixed
     in_fixed: int  # the fixed input channels (used when in_group is None)
     out_group: int | None  # channel group written (convs), None for a linear
@@ -162,7 +164,8 @@ class Tracer:
         self.uf, self.src = _Groups(), {}
         self.producers, self.consumers, self.layer_costs = {}, {}, []
         self.added, self.bn_of, self.fed_by_input, self.output_groups = set(), {}, set(), set()
-        self.followers, self.grouped, self.gates, self.in_group_of = set(), set(), set(), {}
+        self.followers, self.grouped, self.gates, self.in_group_of = set(), {}, set(), {}
+        self.preact, self.norm_costs = set(), []
 
     def source(self, arg, node):
         if not isinstance(arg, fx.Node) or arg not in self.src:
@@ -210,10 +213,11 @@ class Tracer:
                           node)
         if s.group is None or s.block is not None or s.gate is not None or s.parts is not None:
             raise refuse(f"{kind} conv '{name}' (groups={m.groups}) must read a conv feature map", node)
-        self.producers[s.group].append(Producer(name, None, self.deps_index[name]))
+        self.producers[s.group].append(Producer(name, None, self.deps_index[name],
+                                                groups=m.groups if kind == "grouped" else 1))
         self.followers.add(name)
         if kind == "grouped":
-            self.grouped.add(s.group)
+            self.grouped[s.group] = math.lcm(self.grouped.get(s.group, 1), m.groups)
         self.layer_costs.append(LayerCost(name, "conv", s.group, 0, s.group, m.out_channels, kh * kw, spatial,
                                           m.bias is not None, False, 0 if kind == "depthwise" else m.groups))
         return s
@@ -225,11 +229,10 @@ class Tracer:
             return self.conv(node, name, m, s, shape)
         if isinstance(m, nn.BatchNorm2d):
             arg = node.args[0]
-            if not (arg.op == "call_module" and isinstance(self.modules[arg.target], nn.Conv2d)
-                    and len(arg.users) == 1):
-                raise refuse(f"BatchNorm '{name}' must directly follow a conv", node)
-            self.bn_of[arg.target] = (name, m.eps)
-            return s
+            if arg.op == "call_module" and isinstance(self.modules[arg.target], nn.Conv2d) and len(arg.users) == 1:
+                self.bn_of[arg.target] = (name, m.eps)
+                return s
+            return self.preact_norm(node, name, m, s)
         if isinstance(m, nn.Linear):
             block, in_group, in_fixed, in_parts = self.consume(s, name, "linear", node)
             self.layer_costs.append(LayerCost(name, "linear", in_group, in_fixed, None, m.out_features, block, 1,
@@ -243,6 +246,20 @@ class Tracer:
             return s
         raise refuse(f"unsupported module '{name}' ({type(m).__name__}); supported: Conv2d (plain, depthwise, "
                       "grouped), BatchNorm2d, Linear, Flatten, activations, pooling, Identity, Dropout", node)
+
+    def preact_norm(self, node, name, m, s):
+        """A BN that is not its conv's own (DenseNet's pre-activation BN on a concatenation): a pruned channel
+        would leave it as the BN's bias, so the groups it reads keep their width (role "preact")."""
+        if s.block is not None or s.gate is not None or (s.group is None and s.parts is None):
+            raise refuse(f"BatchNorm '{name}' must read a conv feature map", node)
+        self.preact.update([s.group] if s.parts is None else [g for g, _ in s.parts if g is not None])
+        in_group = None if s.parts is not None else s.group
+        in_parts = () if s.parts is None else tuple(g for g, _ in s.parts if g is not None)
+        fixed = 0 if s.parts is None else sum(f for _, f in s.parts)
+        # params only (kernel: 2 per channel when affine); a BN costs no MACs, as in the papers
+        self.norm_costs.append(LayerCost(name, "norm", in_group, fixed, None, 0, 2 if m.affine else 0, 0, False,
+                                         False, 1, in_parts))
+        return s
 
     def gate(self, node):
         """feature map * gate: the gate's conv follows the gated group; its squeeze conv is not a consumer."""

@@ -83,8 +83,8 @@ class AOFPSearch(Hook):
             probes = []
             for consumer in self.graph.groups[layer.group].consumers:
                 bn, own = None, None
-                if consumer.kind == "conv":  # a conv consumer produces a group too: its BN, and its own base mask
-                    out = self.graph.group_of(consumer.module)
+                if consumer.module in self.graph.convs:  # a conv (or hidden linear) consumer produces a group
+                    out = self.graph.group_of(consumer.module)  # too: its BN, and its own base mask
                     bn = next((p.bn for p in out.producers if p.conv == consumer.module), None)
                     own = by_group.get(out.id)
                 post = (bn or consumer.module) in relu_after

@@ -132,6 +132,23 @@ def test_the_groups_of_each_family():
                                                 ("branch1", "branch2.1", "branch3.1", "branch4.1")]
 
 
+def test_hidden_linear_widths_are_groups_of_their_own():
+    """The hidden layers of VGG's and MobileNetV3's classifiers are prunable groups (the next linear reads one
+    column per unit), listed in deps after the convs; the last linear, the classifier, is not. The widths in
+    deps rebuild the narrow net."""
+    arch = "tv:mobilenet_v3_small@32"
+    graph = arch_graph(arch)
+    assert graph.convs[-2:] == ["features.12.0", "classifier.0"] and len(default_deps(arch)) == 52 + 1
+    hidden = graph.group_of("classifier.0")
+    assert (hidden.role, hidden.width, [c.module for c in hidden.consumers]) == ("internal", 1024, ["classifier.3"])
+    model = build_model(arch, graph.deps_at(default_deps(arch), {hidden.id: 100}))
+    assert (model.classifier[0].out_features, model.classifier[3].in_features) == (100, 100)
+    vgg = arch_graph("tv:vgg11_bn@32")
+    assert [(vgg.group_of(n).role, vgg.group_of(n).width) for n in ("classifier.0", "classifier.3")] == \
+        [("internal", 4096), ("internal", 4096)]
+    assert vgg.convs[-2:] == ["classifier.0", "classifier.3"] and "classifier.6" not in vgg.convs
+
+
 @pytest.mark.parametrize("arch,message", REFUSED.items())
 def test_what_the_graph_cannot_follow_is_refused_in_one_line(arch, message):
     with pytest.raises(UnsupportedOpError, match=message) as e:
@@ -297,6 +314,8 @@ def test_each_method_prunes_the_network_and_converts_exactly(name, arch, tv_base
     narrowed = [g for g in arch_graph(arch).groups if deps[g.producers[0].index] < g.width]
     if any(g.conv_groups > 1 for g in arch_graph(arch).groups):  # the groups a grouped conv reads are pruned too
         assert any(g.conv_groups > 1 for g in narrowed), [g.producers[0].conv for g in narrowed]
+    if "mobilenet_v3" in arch and name != "resrep":  # its hidden linear (ResRep: no BN to fold a compactor into)
+        assert "classifier.0" in [g.producers[0].conv for g in narrowed]
     # The proof again, from the two files, in float64: the trained file made into the method's reference (its
     # decisions are in the file), against the converted file. In float32 a random network with random BN is too
     # ill-conditioned to judge this by (RegNetY after SFP: float32 logits 0.4 % off float64's, so the run's own

@@ -90,7 +90,9 @@ def test_any_torchvision_cnn_imports_in_its_own_names(name, tmp_path, capsys):
     assert exit_code(tt.main, ["-a", f"tv:{name}", "--from", str(src), "-o", str(out)]) == 0
     assert f"max |logit difference| against torchvision's {name} 0 ->" in capsys.readouterr().out
     model, arch, deps = model_from_hdf5(out)
-    assert arch == f"tv:{name}" and deps == [m.out_channels for m in tv.modules() if isinstance(m, torch.nn.Conv2d)]
+    hidden = [m.out_features for m in tv.modules() if isinstance(m, torch.nn.Linear)][:-1]  # MobileNetV3's 1024
+    assert arch == f"tv:{name}" and deps == [m.out_channels for m in tv.modules()
+                                             if isinstance(m, torch.nn.Conv2d)] + hidden
     with h5py.File(out) as f:
         assert f["deps"].dtype.kind == "i" and set(f) - {"deps"} == set(tv.state_dict())
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -64,7 +64,9 @@ def row(model_name, methods):
     roles = Counter(g.role for g in graph.groups)
     found = ", ".join(f"{n} {r}" for r, n in sorted(roles.items()))
     macs = arch_cost(arch)["macs"]
-    return [f"`{arch}`", f"{len(graph.convs)} convs", f"{macs / 1e6:,.0f} M", found,
+    linears = sum(1 for lc in graph.layers if lc.kind == "linear" and lc.out_group is not None)
+    layers = f"{len(graph.convs) - linears} convs" + (f" + {linears} linear{'s' * (linears > 1)}" if linears else "")
+    return [f"`{arch}`", layers, f"{macs / 1e6:,.0f} M", found,
             *[method_cell(m, arch, graph) for m in methods]]
 
 
@@ -79,7 +81,7 @@ def table():
     from utils.pruning.torchvision_models import available
 
     methods = table_methods()
-    lines = ["| model | convs | MACs | channel groups (or why refused) | " + " | ".join(methods) + " |",
+    lines = ["| model | deps: layers | MACs | channel groups (or why refused) | " + " | ".join(methods) + " |",
              "|---|---|---|---|" + "---|" * len(methods)]
     for name in available():
         lines.append("| " + " | ".join(row(name, methods)) + " |")

@@ -15,7 +15,8 @@ Derived from the model by one torch.fx pass with one rule per op type (no per-ar
   squeeze conv that reads the pooled map opens the gate's inner width, a group of its own;
 - activations that keep 0 at 0 (ReLU, ReLU6, SiLU, Hardswish, GELU, ...), pooling, dropout, flatten and
   stochastic depth (traced in eval mode, where it is the identity) pass channels through;
-- a conv or a linear (after flatten, reading a block of columns per channel) consumes them.
+- a conv or a linear (after flatten, reading a block of columns per channel) consumes them; a linear listed in
+  deps (`linears`: the hidden layers of torchvision's classifiers) opens a group of its own, like a conv.
 A pruned channel is exactly 0 from its producer's BN to its consumers (every activation on the way keeps 0),
 which is what makes dropping it exact. Anything else is refused by name, with the module it sits in. The rules
 are in tracing.py; this module assembles what they record into groups with roles.
@@ -74,7 +75,7 @@ class ChannelGroup:
 
 @dataclass
 class ChannelGraph:
-    convs: list[str]  # conv module paths in deps order
+    convs: list[str]  # module paths in deps order: every conv (and a tv: model's hidden linears)
     groups: list[ChannelGroup]
     layers: list[LayerCost]
     norms: list[LayerCost] = field(default_factory=list)  # pre-activation BNs: params, no MACs
@@ -119,12 +120,13 @@ def parse_roles(groups):
     return roles
 
 
-def build_channel_graph(model, example_input):
+def build_channel_graph(model, example_input, linears=()):
     """Trace `model` in eval mode (on any device incl. meta; stochastic depth and dropout are then the identity)
-    and return its ChannelGraph."""
+    and return its ChannelGraph. `linears`: the nn.Linear module paths that deps lists, beside every conv (in
+    module order): their widths are prunable groups."""
     check_norms(model)
     modules = dict(model.named_modules())
-    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d) or (n in linears and isinstance(m, nn.Linear))]
     was_training = model.training
     model.eval()
     try:
@@ -148,7 +150,7 @@ def build_channel_graph(model, example_input):
     traced = {p.conv for ps in t.producers.values() for p in ps}
     missing = [c for c in convs if c not in traced]
     if missing:
-        raise UnsupportedOpError(f"channel graph: conv '{missing[0]}' is never called in eval mode (an auxiliary "
+        raise UnsupportedOpError(f"channel graph: layer '{missing[0]}' is never called in eval mode (an auxiliary "
                                  "head?); build the model without it")
     return _assemble(convs, t, modules)
 
@@ -193,7 +195,7 @@ def _assemble(convs, t, modules):
             role = "internal"
         else:
             role = "stem" if any(g in t.fed_by_input for g in gs) else "fanout"
-        groups.append(ChannelGroup(renumber[root], role, modules[prods[0].conv].out_channels, prods, cons, follows,
+        groups.append(ChannelGroup(renumber[root], role, out_width(modules[prods[0].conv]), prods, cons, follows,
                                    grouped.get(root, 1)))
     number = lambda g: renumber[uf.find(g)]  # noqa: E731
     for group in groups:
@@ -209,6 +211,11 @@ def _assemble(convs, t, modules):
     return ChannelGraph(convs, groups, t.layer_costs, t.norm_costs)
 
 
+def out_width(m):
+    """Output channels of a conv, output units of a linear."""
+    return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+
+
 @lru_cache(maxsize=None)
 def _arch_graph(arch, num_classes):
     from base_model import build_model, get_arch
@@ -217,7 +224,9 @@ def _arch_graph(arch, num_classes):
         model = build_model(arch, num_classes=num_classes)
         size = get_arch(arch).input_size
         example = torch.empty(1, 3, size, size)
-    return build_channel_graph(model, example)
+    modules = dict(model.named_modules())
+    linears = [n for n in get_arch(arch).deps_names() if isinstance(modules.get(n), nn.Linear)]
+    return build_channel_graph(model, example, linears)
 
 
 def arch_graph(arch, num_classes=None):

@@ -89,8 +89,15 @@ def full_model(name, num_classes):
     return adapt(model) if adapt else model
 
 
-def conv_names(model):
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+def deps_layers(model):
+    """(path, module) of every deps entry: each conv, and each linear but the last (the classifier's hidden
+    layers, VGG's and MobileNetV3's, whose widths are prunable), in module order."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:-1]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) or n in linears]
+
+
+def widths_of(model):
+    return [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for _, m in deps_layers(model)]
 
 
 @torch.no_grad()
@@ -138,7 +145,8 @@ def resize(model, graph, deps, arch):
         m = model.get_submodule(lc.module)
         cin = lc.in_width(widths)
         if lc.kind == "linear":
-            new = nn.Linear(cin * lc.kernel, m.out_features, bias=m.bias is not None)
+            cout = m.out_features if lc.out_group is None else widths[lc.out_group]
+            new = nn.Linear(cin * lc.kernel, cout, bias=m.bias is not None)
         else:
             cout = widths[lc.out_group]
             groups = cout if lc.groups == 0 else lc.groups
@@ -160,7 +168,7 @@ def build(arch, deps, num_classes):
     model = full_model(tv_name(arch), num_classes)
     model.num_classes = num_classes
     if deps is None:
-        model.deps = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+        model.deps = widths_of(model)
         return model
     return resize(model, arch_graph(arch, num_classes), list(deps), arch)
 
@@ -172,7 +180,7 @@ def spec(arch):
     num_classes = 10 if cifar else 1000
     with torch.device("meta"):
         full = full_model(name, num_classes)
-    deps, names = [m.out_channels for m in full.modules() if isinstance(m, nn.Conv2d)], conv_names(full)
+    deps, names = widths_of(full), [n for n, _ in deps_layers(full)]
     return registry.ArchSpec(arch, lambda d, nc: build(arch, d, nc), lambda: list(deps), lambda: list(names),
                              "cifar10" if cifar else "imagenet", num_classes,
                              size or (32 if cifar else INPUT_SIZE.get(name, 224)))

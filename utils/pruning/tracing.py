@@ -36,7 +36,7 @@ class UnsupportedOpError(ValueError):
 
 @dataclass
 class Producer:
-    conv: str  # module path of the nn.Conv2d
+    conv: str  # module path of the nn.Conv2d (or of a hidden nn.Linear, listed in deps)
     bn: str | None  # module path of the BatchNorm2d right after it
     index: int  # position in deps
     bn_eps: float = 1e-5
@@ -65,7 +65,7 @@ class LayerCost:
     kind: str  # "conv", "linear" or "norm" (a pre-activation BN: params only, in ChannelGraph.norms)
     in_group: int | None  # channel group read, or None when the input width is fixed
     in_fixed: int  # the fixed input channels (used when in_group is None)
-    out_group: int | None  # channel group written (convs), None for a linear
+    out_group: int | None  # channel group written (convs, hidden linears), None for a linear of fixed width
     out_fixed: int
     kernel: int  # kh*kw for a conv, columns per input channel for a linear
     spatial: int  # output H*W (1 for a linear)
@@ -234,10 +234,7 @@ class Tracer:
                 return s
             return self.preact_norm(node, name, m, s)
         if isinstance(m, nn.Linear):
-            block, in_group, in_fixed, in_parts = self.consume(s, name, "linear", node)
-            self.layer_costs.append(LayerCost(name, "linear", in_group, in_fixed, None, m.out_features, block, 1,
-                                              m.bias is not None, False, 1, in_parts))
-            return Source(fixed=m.out_features)
+            return self.linear(node, name, m, s)
         if isinstance(m, nn.Flatten):
             return _flatten(s, node, m.start_dim)
         if isinstance(m, GATE_MODULES):
@@ -246,6 +243,18 @@ class Tracer:
             return s
         raise refuse(f"unsupported module '{name}' ({type(m).__name__}); supported: Conv2d (plain, depthwise, "
                       "grouped), BatchNorm2d, Linear, Flatten, activations, pooling, Identity, Dropout", node)
+
+    def linear(self, node, name, m, s):
+        """A linear consumes its input; one listed in deps (a hidden layer of torchvision's classifiers) also opens
+        a group of its own, read by the next linear one column per unit."""
+        block, in_group, in_fixed, in_parts = self.consume(s, name, "linear", node)
+        g = None
+        if name in self.deps_index:
+            g = self.uf.new()
+            self.producers[g] = [Producer(name, None, self.deps_index[name])]
+        self.layer_costs.append(LayerCost(name, "linear", in_group, in_fixed, g, m.out_features, block, 1,
+                                          m.bias is not None, False, 1, in_parts))
+        return Source(fixed=m.out_features) if g is None else Source(group=g, block=1)
 
     def preact_norm(self, node, name, m, s):
         """A BN that is not its conv's own (DenseNet's pre-activation BN on a concatenation): a pruned channel

@@ -8,8 +8,12 @@ from utils.pruning.surgery import fuse_bn
 
 
 def deploy_form(model, arch, num_classes=None):
-    """A BN-fused copy (eval only); a model already fused (BN modules gone) is returned as a copy."""
+    """A BN-fused copy (eval only); a model already fused (its convs' BN modules gone) is returned as a copy. A BN
+    that is not a conv's own (DenseNet's pre-activation BN) stays: nothing before it to fold into."""
     fused = copy.deepcopy(model).eval()
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules()):
+    graph = arch_graph(arch, num_classes)
+    modules = dict(fused.named_modules())
+    if not any(isinstance(modules.get(p.bn), torch.nn.modules.batchnorm._BatchNorm)
+               for g in graph.groups for p in g.rows() if p.bn):
         return fused
-    return fuse_bn(fused, arch_graph(arch, num_classes))
+    return fuse_bn(fused, graph)

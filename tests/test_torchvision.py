@@ -290,13 +290,16 @@ def random_keep(group, rng):
 
 # --- each method's entry script, end to end -------------------------------------------------------------------
 TARGETED = {"l1": ["--macs-target", "0.5"], "scratch": ["--macs-target", "0.5"]}
-# each method's script: ResNet-18 and MobileNetV2 in every run, one network per other op family marked slow;
-# ResNeXt-50, VGG-11-BN, Wide-ResNet, EfficientNetV2-S, RegNetX and Inception-V3 take minutes per method here, so
-# they have the decision test above (every kind of decision exact), not a script run per method
+# each method's script: ResNet-18 and MobileNetV2 in every run, the other families marked slow (4 to 20 s a run).
+# Not here, with the decision test above only: VGG-11-BN and Wide-ResNet-50-2 (130 M and 69 M parameters, written
+# several times a run; not timed alone), and EfficientNetV2-S, where ResRep's fold, exact in float64 (1.5e-5 at a logit
+# scale of 2,026), is 0.3 % off once its weights are stored in float32: a random net with random BN is that
+# ill-conditioned (the other five methods pass on it, run by hand on 2026-12-06).
 SCRIPT_NETS = ["tv:mobilenet_v2@32", "tv:resnet18@32",
                *(pytest.param(arch, marks=slow) for arch in (
                    "tv:mobilenet_v3_small@32", "tv:efficientnet_b0@32", "tv:mnasnet0_5@32", "tv:regnet_y_400mf@32",
-                   "tv:googlenet@32", "tv:densenet121@32"))]
+                   "tv:googlenet@32", "tv:densenet121@32", "tv:resnext50_32x4d@32", "tv:regnet_x_400mf@32",
+                   "tv:inception_v3@80"))]
 
 
 @pytest.fixture(scope="module")

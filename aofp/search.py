@@ -62,10 +62,15 @@ class LayerSearch:
     def draw(self, generator):
         """A random half (rounded down) of the search set in each run, as a bool mask of the layer's width."""
         drawn = torch.zeros(self.width, dtype=torch.bool)
-        size = self.width // self.conv_groups
-        for start in range(0, self.width, size):
-            idx = self.search[start:start + size].nonzero().flatten() + start
+        if self.conv_groups == 1:
+            idx = self.search.nonzero().flatten()
             drawn[idx[torch.randperm(idx.numel(), generator=generator)[: idx.numel() // 2]]] = True
+            return drawn
+        # every run's search set has as many members: rank each run's by a random key (non-members last), one op
+        keys = torch.rand(self.width, generator=generator).masked_fill(~self.search, 2.0).view(self.conv_groups, -1)
+        half = int(self.search.sum()) // self.conv_groups // 2
+        rows = torch.arange(self.conv_groups).unsqueeze(1) * keys.shape[1]
+        drawn[(keys.argsort(1)[:, :half] + rows).flatten()] = True
         return drawn
 
     def accumulate(self, t, drawn):

@@ -75,6 +75,9 @@ def test_aofp_searches_and_prunes_each_run_alike():
     verdict, pruned, _ = layer.decide(1, thresh=100.0)
     assert verdict == "prune" and sorted(pruned) == [2, 3, 6, 7, 10, 11, 14, 15]
     assert per_run(layer.keep.nonzero().flatten().tolist(), fake(16, 4)) == [2, 2, 2, 2]
+    for seed in range(8):  # from the survivors only, one of each run's two
+        drawn = layer.draw(torch.Generator().manual_seed(seed))
+        assert not (drawn & ~layer.search).any() and per_run(drawn.nonzero().flatten().tolist(), fake(16, 4)) == [1] * 4
     for step_ in (2, 3):  # one more prune leaves one per run: done
         layer.accumulate(damage, layer.keep.clone())
         layer.decide(step_, thresh=100.0)

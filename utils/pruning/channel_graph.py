@@ -62,7 +62,10 @@ class ChannelGroup:
     producers: list[Producer] = field(default_factory=list)
     consumers: list[Consumer] = field(default_factory=list)
     followers: list[Producer] = field(default_factory=list)
-    conv_groups: int = 1
+
+    @property
+    def conv_groups(self):
+        return math.lcm(1, *(p.groups for p in self.followers))
 
     @property
     def deps_indices(self):
@@ -168,9 +171,6 @@ def _assemble(convs, t, modules):
         members.setdefault(uf.find(g), []).append(g)
     added = {uf.find(g) for g in t.added}
     output_groups = {uf.find(g) for g in t.output_groups}
-    grouped = {}
-    for g, n in t.grouped.items():
-        grouped[uf.find(g)] = math.lcm(grouped.get(uf.find(g), 1), n)
     preact = {uf.find(g) for g in t.preact}
     squeeze = _squeeze_convs(t)
     openers = lambda r: [p for g in members[r] for p in t.producers[g] if p.conv not in t.followers]  # noqa: E731
@@ -195,8 +195,7 @@ def _assemble(convs, t, modules):
             role = "internal"
         else:
             role = "stem" if any(g in t.fed_by_input for g in gs) else "fanout"
-        groups.append(ChannelGroup(renumber[root], role, out_width(modules[prods[0].conv]), prods, cons, follows,
-                                   grouped.get(root, 1)))
+        groups.append(ChannelGroup(renumber[root], role, out_width(modules[prods[0].conv]), prods, cons, follows))
     number = lambda g: renumber[uf.find(g)]  # noqa: E731
     for group in groups:
         for c in group.consumers:

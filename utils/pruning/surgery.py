@@ -138,16 +138,15 @@ def _fold_compactor(state, producer, q):
 
 
 def _mix_grouped(w, a, s, groups):
-    """A grouped conv's weight (width, width / G, kh, kw) with rows mixed by a and columns by s, as the
-    block-diagonal dense conv it is: a W s^T, cut back into its G diagonal blocks (the decision keeps every
-    cluster inside one conv group and as many clusters in each, so nothing leaves the blocks)."""
-    width, size = w.shape[0], w.shape[1]
-    dense = torch.zeros(width, width, *w.shape[2:], dtype=torch.float64)
-    for j in range(groups):
-        dense[j * size:(j + 1) * size, j * size:(j + 1) * size] = w[j * size:(j + 1) * size].double()
-    mixed = torch.einsum("kc,cd...,ld->kl...", a, dense, s)
-    n = a.shape[0] // groups
-    return torch.cat([mixed[j * n:(j + 1) * n, j * n:(j + 1) * n] for j in range(groups)]).to(w.dtype)
+    """A grouped conv's weight (width, width / G, kh, kw) with rows mixed by a and columns by s, conv group by conv
+    group: block j is a_j W_j s_j^T. Exact because the decision keeps every cluster inside one conv group and as
+    many clusters in each (conv_groups.misfit), and narrow() puts them in channel order: a and s are then block
+    diagonal."""
+    size, n = w.shape[1], a.shape[0] // groups
+    blocks = [torch.einsum("kc,cd...,ld->kl...", a[j * n:(j + 1) * n, j * size:(j + 1) * size],
+                           w[j * size:(j + 1) * size].double(), s[j * n:(j + 1) * n, j * size:(j + 1) * size])
+              for j in range(groups)]
+    return torch.cat(blocks).to(w.dtype)
 
 
 def _mix_producers(state, group, m, s=None):

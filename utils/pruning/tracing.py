@@ -2,7 +2,6 @@
 layer's cost are, and how each op of a torch.fx-traced model moves channels between groups, one rule per op type.
 channel_graph.py assembles what these rules record into groups with roles.
 """
-import math
 import operator
 from dataclasses import dataclass
 
@@ -164,7 +163,7 @@ class Tracer:
         self.uf, self.src = _Groups(), {}
         self.producers, self.consumers, self.layer_costs = {}, {}, []
         self.added, self.bn_of, self.fed_by_input, self.output_groups = set(), {}, set(), set()
-        self.followers, self.grouped, self.gates, self.in_group_of = set(), {}, set(), {}
+        self.followers, self.gates, self.in_group_of = set(), set(), {}
         self.preact, self.norm_costs = set(), []
 
     def source(self, arg, node):
@@ -216,8 +215,6 @@ class Tracer:
         self.producers[s.group].append(Producer(name, None, self.deps_index[name],
                                                 groups=m.groups if kind == "grouped" else 1))
         self.followers.add(name)
-        if kind == "grouped":
-            self.grouped[s.group] = math.lcm(self.grouped.get(s.group, 1), m.groups)
         self.layer_costs.append(LayerCost(name, "conv", s.group, 0, s.group, m.out_channels, kh * kw, spatial,
                                           m.bias is not None, False, 0 if kind == "depthwise" else m.groups))
         return s
